@@ -1,0 +1,68 @@
+//! The admin listener: `/healthz`, `/readyz` and `/metrics`, on an address apart from the public one.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+
+/// What the admin endpoints look at.
+pub struct Admin {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    /// Admin endpoints for one running configuration.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Admin { config, metrics }
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let response = match (req.method().as_str(), req.uri().path()) {
+            ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
+            ("GET" | "HEAD", "/readyz") => self.readiness().await,
+            ("GET" | "HEAD", "/metrics") => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /healthz, /readyz or /metrics\n".to_owned()),
+        };
+        Ok(response)
+    }
+
+    /// Ready when the configuration is loaded and Bitbucket accepts a connection.
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        let url = &self.config.upstream.url;
+        let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let wait = self.config.upstream.connect_timeout.min(Duration::from_secs(2));
+        let upstream = match tokio::time::timeout(wait, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {wait:?}")),
+        };
+        match upstream {
+            Ok(()) => reply(StatusCode::OK, "application/json", "{\"ready\":true,\"checks\":{\"config\":\"ok\",\"upstream\":\"ok\"}}\n".to_owned()),
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                format!("{{\"ready\":false,\"checks\":{{\"config\":\"ok\",\"upstream\":{}}}}}\n", crate::web::json_string(&format!("unreachable: {e}"))),
+            ),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}

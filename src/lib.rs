@@ -1,0 +1,13 @@
+//! bitbucket-sso-proxy: an OpenID Connect single sign-on gateway in front of Atlassian Bitbucket.
+//!
+//! `main.rs` parses the command line and calls into this library; everything else lives here.
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod keys;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod telemetry;
+pub mod web;

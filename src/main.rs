@@ -1,0 +1,80 @@
+//! Command line of bitbucket-sso-proxy; all behaviour lives in the `bbsso` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bitbucket-sso-proxy", version, about = "OpenID Connect single sign-on gateway for Bitbucket Server / Data Center")]
+struct Cli {
+    /// Configuration file (TOML); may also come from BBSSO_CONFIG.
+    #[arg(long, global = true, env = "BBSSO_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run,
+    /// Parse and validate the configuration; exit 0 when valid, 2 with every problem listed when not.
+    CheckConfig,
+    /// Print a new random key (base64) for session.keys, identity.assertion_secret or the backdoor key.
+    GenKey,
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::GenKey => {
+            println!("{}", bbsso::keys::generate());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match load(cli.config) {
+            Ok((path, config)) => {
+                println!("{}: valid; {}", path.display(), config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run => {
+            let (_, config) = match load(cli.config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("bitbucket-sso-proxy: {err:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<(PathBuf, bbsso::config::Config), ExitCode> {
+    let Some(path) = path else {
+        eprintln!("bitbucket-sso-proxy: no configuration given; pass --config PATH or set BBSSO_CONFIG");
+        return Err(ExitCode::from(EXIT_USAGE));
+    };
+    match bbsso::config::load(&path) {
+        Ok(config) => Ok((path, config)),
+        Err(err) => {
+            eprintln!("{err}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn run(config: bbsso::config::Config) -> anyhow::Result<()> {
+    bbsso::telemetry::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bbsso::server::run(config, bbsso::server::shutdown_signal()))?;
+    Ok(())
+}
