@@ -61,7 +61,7 @@ pub fn clean_path(path: &str) -> String {
 pub fn display_path(canonical: &str) -> String {
     let mut out = String::new();
     for segment in canonical.split('.').filter(|s| !s.is_empty()) {
-        if segment.chars().all(|c| c.is_ascii_digit()) {
+        if is_index(segment) {
             out.push_str(&format!("[{segment}]"));
         } else {
             if !out.is_empty() {
@@ -73,6 +73,10 @@ pub fn display_path(canonical: &str) -> String {
     out
 }
 
+fn is_index(segment: &str) -> bool {
+    !segment.is_empty() && segment.chars().all(|c| c.is_ascii_digit())
+}
+
 /// The message for a key the schema does not know, with the likeliest intended key.
 pub fn unknown_key_message(canonical: &str) -> String {
     let (section, name) = match canonical.rsplit_once('.') {
@@ -81,7 +85,7 @@ pub fn unknown_key_message(canonical: &str) -> String {
     };
     let section_shape: String = section
         .split('.')
-        .map(|s| if s.chars().all(|c| c.is_ascii_digit()) { "N" } else { s })
+        .map(|s| if is_index(s) { "N" } else { s })
         .collect::<Vec<_>>()
         .join(".");
     let known: &[&str] = match section_shape.as_str() {

@@ -84,7 +84,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let stream = tokio_stream_from(rx);
         let count = Arc::new(AtomicU64::new(0));
-        let mut body = IdleBody::new(StreamBody::new(stream), Duration::from_secs(10), Some(count.clone()));
+        let mut body = std::pin::pin!(IdleBody::new(StreamBody::new(stream), Duration::from_secs(10), Some(count.clone())));
         let sender = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(9)).await;
@@ -94,10 +94,10 @@ mod tests {
             drop(tx);
         });
         for _ in 0..5 {
-            let frame = body.frame().await.unwrap().unwrap();
+            let frame = body.as_mut().frame().await.unwrap().unwrap();
             assert_eq!(frame.into_data().unwrap().len(), 4);
         }
-        let err = body.frame().await.unwrap().unwrap_err();
+        let err = body.as_mut().frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("no data for"));
         assert_eq!(count.load(Ordering::Relaxed), 20);
         sender.await.unwrap();
