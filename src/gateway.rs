@@ -10,15 +10,15 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::config::Config;
-use crate::proxy::headers::{self, Hygiene};
-use crate::proxy::{BoxError, Forwarding, Proxy, ProxyBody};
+use crate::proxy::headers::Hygiene;
+use crate::proxy::{self, BoxError, Forwarding, Proxy, ProxyBody};
 use crate::route::{self, RouteClass};
 use crate::telemetry::metrics::Metrics;
 use crate::web;
@@ -54,13 +54,8 @@ impl Gateway {
         let start = Instant::now();
         let request_id = self.ids.accept_or_new(req.headers().get(&X_REQUEST_ID));
         let route = route::classify(req.uri().path(), &self.config.sso);
-        if !req.headers().contains_key(header::HOST)
-            && let Some(authority) = req.uri().authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-        let client_ip = headers::set_forwarded(req.headers_mut(), peer.ip(), "http", self.proxy.trusted());
+        let uri = req.uri().clone();
+        let client_ip = proxy::prepare(req.headers_mut(), &uri, peer.ip(), self.proxy.trusted());
         let html = web::wants_html(req.headers());
         let mut record = AccessRecord {
             metrics: self.metrics.clone(),
@@ -87,7 +82,7 @@ impl Gateway {
                 html,
             )),
             _ => {
-                let fwd = Forwarding { peer: peer.ip(), request_id: &request_id, bytes_in: record.bytes_in.clone() };
+                let fwd = Forwarding { request_id: &request_id, bytes_in: record.bytes_in.clone() };
                 match self.proxy.forward(req, fwd).await {
                     Ok(r) => r,
                     Err(e) => {

@@ -87,7 +87,6 @@ impl ForwardError {
 
 /// Per-request facts the forwarder needs.
 pub struct Forwarding<'a> {
-    pub peer: IpAddr,
     pub request_id: &'a HeaderValue,
     /// Receives the count of request body bytes.
     pub bytes_in: Arc<AtomicU64>,
@@ -134,12 +133,14 @@ impl Proxy {
         &self.hygiene
     }
 
-    /// The client address to log: the peer, or for a trusted proxy the original client it names.
+    /// The networks whose forwarded headers are believed.
     pub fn trusted(&self) -> &[IpNet] {
         &self.trusted
     }
 
     /// Forwards a request and returns Bitbucket's response, both bodies streaming.
+    ///
+    /// The caller has already set `Host` and the `X-Forwarded-*` headers (see [`prepare`]).
     pub async fn forward(&self, req: Request<Incoming>, fwd: Forwarding<'_>) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
@@ -147,13 +148,6 @@ impl Proxy {
         let client_upgrade = if upgrade.is_some() { parts.extensions.remove::<OnUpgrade>() } else { None };
         self.hygiene.strip_identity(&mut parts.headers);
         self.hygiene.strip_proxy_cookies(&mut parts.headers);
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
-        }
-        headers::set_forwarded(&mut parts.headers, fwd.peer, "http", &self.trusted);
         parts.headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
         if let Some(up) = &upgrade {
             headers::restore_upgrade(&mut parts.headers, up.clone());
@@ -197,6 +191,18 @@ impl Proxy {
         parts.path_and_query = Some(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
+}
+
+/// First step for every request on the public listener: `Host` from the URI for HTTP/2 clients, and the
+/// `X-Forwarded-*` headers. Returns the client address (see [`headers::set_forwarded`]).
+pub fn prepare(headers: &mut http::HeaderMap, uri: &Uri, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    headers::set_forwarded(headers, peer, "http", trusted)
 }
 
 /// Copies bytes both ways between an upgraded client connection and an upgraded Bitbucket connection.
