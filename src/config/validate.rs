@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
         let (text, span) = match v {
             Some(v) => match self.text(v, key) {
                 Some(t) => (t, v.span()),
-                None => return T::default(),
+                None => return parse(default).unwrap_or_default(),
             },
             None => (default.to_owned(), 0..0),
         };
@@ -105,7 +105,8 @@ impl<'a> Ctx<'a> {
             Ok(value) => value,
             Err(e) => {
                 self.at(span, key, e);
-                T::default()
+                // Carry on with the default so that one mistake is reported once, not again by later checks.
+                parse(default).unwrap_or_default()
             }
         }
     }
@@ -269,27 +270,31 @@ fn flag(v: &Option<Spanned<bool>>, default: bool) -> bool {
 /// Validates everything; returns `None` only when a value the rest depends on is unusable.
 pub fn validate(raw: raw::RawConfig, ctx: &mut Ctx<'_>) -> Option<Config> {
     let has_bitbucket = raw.bitbucket.is_some();
-    let has_groups = raw.groups.is_some();
     let server = server(raw.server, ctx);
     let upstream = upstream(raw.upstream, ctx);
     let (sso_raw, sso_span) = section(raw.sso);
     let sso_enabled = flag(&sso_raw.enabled, true);
     let identity = identity(raw.identity, sso_enabled, ctx);
     let session = session(raw.session, sso_enabled, ctx);
+    let declared: Vec<String> = raw
+        .providers
+        .iter()
+        .filter_map(|p| p.get_ref().id.as_ref().map(|id| id.get_ref().clone()))
+        .collect();
+    let provider_count = raw.providers.len();
     let providers = providers(raw.providers, ctx);
     let mapping = mapping(raw.mapping, has_bitbucket, ctx);
     let groups = groups(raw.groups, has_bitbucket, ctx);
     let bitbucket = bitbucket(raw.bitbucket, upstream.as_ref().map(|u| &u.url), ctx);
-    let sso = sso(sso_raw, sso_span.clone(), &providers, ctx);
+    let sso = sso(sso_raw, sso_span.clone(), &declared, &providers, ctx);
     let ui = ui(raw.ui, ctx);
     let (admin_raw, _) = section(raw.admin);
     let admin = Admin { test_page_groups: ctx.list(&admin_raw.test_page_groups, "admin.test_page_groups", &[]) };
     let log = log(raw.log, ctx);
 
-    if sso.enabled && providers.is_empty() {
+    if sso.enabled && provider_count == 0 {
         ctx.at(sso_span, "providers", "SSO is enabled but no [[providers]] is configured: add one, or set sso.enabled = false");
     }
-    let _ = has_groups;
     Some(Config {
         server: server?,
         upstream: upstream?,
@@ -716,8 +721,10 @@ fn bitbucket(raw: Option<Spanned<raw::RawBitbucket>>, upstream: Option<&Url>, ct
     Some(Bitbucket { url: url?, admin_user: admin_user?.0, admin_password: password?.0, timeout })
 }
 
-fn sso(s: raw::RawSso, span: Range<usize>, providers: &[Provider], ctx: &mut Ctx<'_>) -> Sso {
-    let known = |id: &str| providers.iter().any(|p| p.id == id);
+/// `declared` holds every provider id written in the file, valid or not, so a broken provider
+/// does not also make every reference to it an error.
+fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Provider], ctx: &mut Ctx<'_>) -> Sso {
+    let known = |id: &str| declared.iter().any(|d| d == id);
     let auto_redirect_delay = ctx.duration(&s.auto_redirect_delay, "sso.auto_redirect_delay", "0s");
     if auto_redirect_delay > Duration::from_secs(60) {
         ctx.at(s.auto_redirect_delay.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "sso.auto_redirect_delay", "expected at most \"60s\"");
