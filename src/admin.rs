@@ -29,10 +29,16 @@ impl Admin {
         let response = match (req.method().as_str(), req.uri().path()) {
             ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
             ("GET" | "HEAD", "/readyz") => self.readiness().await,
-            ("GET" | "HEAD", "/metrics") => {
-                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
-            }
-            _ => reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /healthz, /readyz or /metrics\n".to_owned()),
+            ("GET" | "HEAD", "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found: try /healthz, /readyz or /metrics\n".to_owned(),
+            ),
         };
         Ok(response)
     }
@@ -40,7 +46,12 @@ impl Admin {
     /// Ready when the configuration is loaded and Bitbucket accepts a connection.
     async fn readiness(&self) -> Response<Full<Bytes>> {
         let url = &self.config.upstream.url;
-        let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = url
+            .host_str()
+            .unwrap_or("127.0.0.1")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let wait = self.config.upstream.connect_timeout.min(Duration::from_secs(2));
         let upstream = match tokio::time::timeout(wait, tokio::net::TcpStream::connect((host.as_str(), port))).await {
@@ -49,11 +60,18 @@ impl Admin {
             Err(_) => Err(format!("no connection within {wait:?}")),
         };
         match upstream {
-            Ok(()) => reply(StatusCode::OK, "application/json", "{\"ready\":true,\"checks\":{\"config\":\"ok\",\"upstream\":\"ok\"}}\n".to_owned()),
+            Ok(()) => reply(
+                StatusCode::OK,
+                "application/json",
+                "{\"ready\":true,\"checks\":{\"config\":\"ok\",\"upstream\":\"ok\"}}\n".to_owned(),
+            ),
             Err(e) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
-                format!("{{\"ready\":false,\"checks\":{{\"config\":\"ok\",\"upstream\":{}}}}}\n", crate::web::json_string(&format!("unreachable: {e}"))),
+                format!(
+                    "{{\"ready\":false,\"checks\":{{\"config\":\"ok\",\"upstream\":{}}}}}\n",
+                    crate::web::json_string(&format!("unreachable: {e}"))
+                ),
             ),
         }
     }
@@ -62,7 +80,9 @@ impl Admin {
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     r
 }

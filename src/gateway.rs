@@ -37,11 +37,19 @@ impl Gateway {
     /// Prepares the forwarder and hygiene rules for `config`.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let hygiene = Hygiene::new(
-            &[config.identity.user_header.as_str(), config.identity.assertion_header.as_str()],
+            &[
+                config.identity.user_header.as_str(),
+                config.identity.assertion_header.as_str(),
+            ],
             &config.session.cookie_name,
         );
         let proxy = Proxy::new(&config.upstream, config.server.trusted_proxies.clone(), hygiene);
-        Gateway { config, proxy, metrics, ids: RequestIds::new() }
+        Gateway {
+            config,
+            proxy,
+            metrics,
+            ids: RequestIds::new(),
+        }
     }
 
     /// The metrics this gateway records into.
@@ -50,7 +58,11 @@ impl Gateway {
     }
 
     /// Answers one request from `peer`.
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let request_id = self.ids.accept_or_new(req.headers().get(&X_REQUEST_ID));
         let route = route::classify(req.uri().path(), &self.config.sso);
@@ -82,19 +94,39 @@ impl Gateway {
                 html,
             )),
             _ => {
-                let fwd = Forwarding { request_id: &request_id, bytes_in: record.bytes_in.clone() };
+                let fwd = Forwarding {
+                    request_id: &request_id,
+                    bytes_in: record.bytes_in.clone(),
+                };
                 match self.proxy.forward(req, fwd).await {
                     Ok(r) => r,
                     Err(e) => {
                         self.metrics.upstream_error(e.kind());
                         tracing::warn!(request_id = %record.request_id, error = %e, "upstream request failed");
                         let (title, message) = if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                            ("Bitbucket is not responding", "Bitbucket did not answer in time. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.")
+                            (
+                                "Bitbucket is not responding",
+                                "Bitbucket did not answer in time. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
+                            )
                         } else {
-                            ("Bitbucket is unavailable", "Bitbucket cannot be reached right now, perhaps because it is restarting. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.")
+                            (
+                                "Bitbucket is unavailable",
+                                "Bitbucket cannot be reached right now, perhaps because it is restarting. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
+                            )
                         };
-                        let code = if e.status() == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_unavailable" };
-                        own(web::error_response(e.status(), code, title, message, &record.request_id, html))
+                        let code = if e.status() == StatusCode::GATEWAY_TIMEOUT {
+                            "upstream_timeout"
+                        } else {
+                            "upstream_unavailable"
+                        };
+                        own(web::error_response(
+                            e.status(),
+                            code,
+                            title,
+                            message,
+                            &record.request_id,
+                            html,
+                        ))
                     }
                 }
             }
@@ -102,7 +134,10 @@ impl Gateway {
         response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         record.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        Ok(Response::from_parts(parts, Logged { inner: body, record }.boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            Logged { inner: body, record }.boxed_unsync(),
+        ))
     }
 }
 
@@ -118,13 +153,18 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        RequestIds { prefix: format!("{:016x}", rand::random::<u64>()), next: AtomicU64::new(1) }
+        RequestIds {
+            prefix: format!("{:016x}", rand::random::<u64>()),
+            next: AtomicU64::new(1),
+        }
     }
 
     fn accept_or_new(&self, given: Option<&HeaderValue>) -> HeaderValue {
         if let Some(v) = given
             && (1..=128).contains(&v.len())
-            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
             return v.clone();
         }
@@ -153,7 +193,8 @@ impl Drop for AccessRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        self.metrics.finish_request(self.route, self.status, elapsed, bytes_in, self.bytes_out);
+        self.metrics
+            .finish_request(self.route, self.status, elapsed, bytes_in, self.bytes_out);
         tracing::info!(
             target: "access",
             method = %self.method,

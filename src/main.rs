@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bitbucket-sso-proxy", version, about = "OpenID Connect single sign-on gateway for Bitbucket Server / Data Center")]
+#[command(
+    name = "bitbucket-sso-proxy",
+    version,
+    about = "OpenID Connect single sign-on gateway for Bitbucket Server / Data Center"
+)]
 struct Cli {
     /// Configuration file (TOML); may also come from BBSSO_CONFIG.
     #[arg(long, global = true, env = "BBSSO_CONFIG", value_name = "PATH")]

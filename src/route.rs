@@ -77,7 +77,11 @@ pub fn normalize_path(path: &str) -> String {
         out.push('/');
         out.push_str(s);
     }
-    if out.is_empty() || (decoded.ends_with('/') && !segments.is_empty()) || decoded.ends_with("/.") || decoded.ends_with("/..") {
+    if out.is_empty()
+        || (decoded.ends_with('/') && !segments.is_empty())
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..")
+    {
         out.push('/');
     }
     out
@@ -92,7 +96,10 @@ fn decode_unreserved(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
         {
             let c = (h << 4) | l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
@@ -131,7 +138,12 @@ mod tests {
             default_provider: None,
             public_paths: vec!["/status".into(), "/s/".into(), "/favicon.ico".into()],
             api_paths: vec!["/rest/".into(), "/scm/".into()],
-            backdoor: crate::config::Backdoor { enabled: false, query: "backdoor".into(), key: None, allowed_networks: vec![] },
+            backdoor: crate::config::Backdoor {
+                enabled: false,
+                query: "backdoor".into(),
+                key: None,
+                allowed_networks: vec![],
+            },
             redirection_rules: vec![],
         }
     }

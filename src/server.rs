@@ -20,7 +20,9 @@ use crate::telemetry::metrics::Metrics;
 /// The server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({listener} listener): {source}; is another process using the port, or does this user lack the right to bind it?")]
+    #[error(
+        "cannot listen on {addr} ({listener} listener): {source}; is another process using the port, or does this user lack the right to bind it?"
+    )]
     Bind {
         listener: &'static str,
         addr: SocketAddr,
@@ -32,7 +34,9 @@ pub enum ServerError {
 /// Binds both listeners and serves until `shutdown` completes, then drains in-flight requests.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
     let bind = |listener: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { listener, addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { listener, addr, source })
     };
     let public = bind("public", config.server.listen).await?;
     let admin = bind("admin", config.server.admin_listen).await?;
@@ -116,7 +120,10 @@ pub async fn serve(config: Config, public: TcpListener, admin: TcpListener, shut
     drop(public);
     let _ = stop_tx.send(true);
     let grace = config.server.shutdown_grace;
-    tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new connections; waiting for requests in flight");
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "shutting down: no new connections; waiting for requests in flight"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed; bye"),
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),

@@ -17,7 +17,12 @@ async fn health_readiness_and_metrics_report_what_happened() {
         get(proxy.addr, path, &[]).await;
     }
     let (_, headers, body) = get(proxy.admin, "/metrics", &[]).await;
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = String::from_utf8_lossy(&body);
     for line in [
         "bbsso_requests_total{route=\"page\",status=\"200\"} 1",
@@ -64,7 +69,13 @@ async fn one_access_event_per_request_and_no_secret_in_any_log_line() {
     assert_eq!(event["level"], "INFO");
     let logs = proxy.log_text();
     assert_eq!(logs.matches("\"target\":\"access\"").count(), 1);
-    for secret in ["querysecret", "dXNlcjpwYXNzd29yZHNlY3JldA", "passwordsecret", "cookiesecret", "sessionsecret"] {
+    for secret in [
+        "querysecret",
+        "dXNlcjpwYXNzd29yZHNlY3JldA",
+        "passwordsecret",
+        "cookiesecret",
+        "sessionsecret",
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs:\n{logs}");
     }
 }

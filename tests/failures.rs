@@ -15,14 +15,17 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     let upstream = spawn_echo_headers().await;
     let proxy = ProxyProcess::start(&config(upstream, "header_read_timeout = \"1s\"", "", ""));
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(b"GET /projects HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /projects HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     // Trickle a header byte now and then, never finishing the head.
     let outcome = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             tokio::select! {
-                r = stream.read(&mut buf) => return r.map(|n| n),
+                r = stream.read(&mut buf) => return r,
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {
                     if stream.write_all(b"X").await.is_err() {
                         return Ok(0);
@@ -35,7 +38,10 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     .expect("the proxy must close a connection whose headers never complete");
     let n = outcome.unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "closed (or 408), got {text:?}");
+    assert!(
+        n == 0 || text.starts_with("HTTP/1.1 408"),
+        "closed (or 408), got {text:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
     // A normal request on a new connection still works.
     let (status, _, _) = get(proxy.addr, "/projects", &[]).await;
@@ -50,12 +56,20 @@ async fn upstream_refusing_connections_gives_502_as_a_page_or_json() {
     };
     let proxy = ProxyProcess::start(&config(closed, "", "", ""));
 
-    let (status, headers, body) = get(proxy.addr, "/projects", &[("accept", "text/html,application/xhtml+xml")]).await;
+    let (status, headers, body) = get(
+        proxy.addr,
+        "/projects",
+        &[("accept", "text/html,application/xhtml+xml")],
+    )
+    .await;
     assert_eq!(status, 502);
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = String::from_utf8_lossy(&body);
     assert!(page.contains("Bitbucket is unavailable"), "{page}");
-    assert!(page.contains(headers["x-request-id"].to_str().unwrap()), "the page shows the reference id");
+    assert!(
+        page.contains(headers["x-request-id"].to_str().unwrap()),
+        "the page shows the reference id"
+    );
 
     let (status, headers, body) = get(proxy.addr, "/rest/api/1.0/projects", &[("accept", "application/json")]).await;
     assert_eq!(status, 502);
@@ -65,7 +79,10 @@ async fn upstream_refusing_connections_gives_502_as_a_page_or_json() {
     assert_eq!(v["request_id"], headers["x-request-id"].to_str().unwrap());
 
     let metrics = reqwest_like_get(proxy.admin, "/metrics").await;
-    assert!(metrics.contains("bbsso_upstream_errors_total{kind=\"connect_refused\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("bbsso_upstream_errors_total{kind=\"connect_refused\"} 2"),
+        "{metrics}"
+    );
     let (ready_status, _, _) = get(proxy.admin, "/readyz", &[]).await;
     assert_eq!(ready_status, 503, "not ready while Bitbucket is down");
     let (health_status, _, _) = get(proxy.admin, "/healthz", &[]).await;
@@ -99,7 +116,10 @@ async fn upstream_not_answering_the_connect_gives_504() {
     assert_eq!(v["error"], "upstream_timeout");
     assert_eq!(headers["content-type"], "application/json");
     let metrics = reqwest_like_get(proxy.admin, "/metrics").await;
-    assert!(metrics.contains("bbsso_upstream_errors_total{kind=\"connect_timeout\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("bbsso_upstream_errors_total{kind=\"connect_timeout\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +151,9 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
     let addr = proxy.addr;
     let in_flight = tokio::spawn(async move { get(addr, "/projects", &[]).await });
     let mut seen_rx = seen_rx;
-    tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await
+        .unwrap();
 
     proxy.signal("TERM");
     let refused = async {
@@ -142,7 +164,9 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(1), refused).await.expect("new connections are refused once SIGTERM arrives");
+    tokio::time::timeout(Duration::from_secs(1), refused)
+        .await
+        .expect("new connections are refused once SIGTERM arrives");
 
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);

@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use hyper::{Request, Response};
 use hyper::body::Incoming;
+use hyper::{Request, Response};
 
 /// Spellings of the identity headers a client might use to impersonate someone.
 const SPOOFED: &[&str] = &[
@@ -34,7 +34,12 @@ fn normalized(name: &str) -> String {
 async fn every_spoofed_identity_header_variant_is_removed_and_other_headers_survive() {
     let upstream = spawn_echo_headers().await;
     // A second configured header name proves the rule follows the configuration, not a hard-coded list.
-    let proxy = ProxyProcess::start(&config(upstream, "", "", "[identity]\nuser_header = \"X-Remote-User\"\n"));
+    let proxy = ProxyProcess::start(&config(
+        upstream,
+        "",
+        "",
+        "[identity]\nuser_header = \"X-Remote-User\"\n",
+    ));
     let protected = ["x-remote-user", "x-bbsso-assertion"];
     for variant in SPOOFED {
         let request = format!(
@@ -43,13 +48,24 @@ async fn every_spoofed_identity_header_variant_is_removed_and_other_headers_surv
         let response = raw_exchange(proxy.addr, &request).await;
         assert_eq!(response.status, 200);
         let headers = echoed_headers(&response.json());
-        let leaked: Vec<_> = headers.iter().filter(|(k, _)| protected.contains(&normalized(k).as_str())).collect();
+        let leaked: Vec<_> = headers
+            .iter()
+            .filter(|(k, _)| protected.contains(&normalized(k).as_str()))
+            .collect();
         assert!(leaked.is_empty(), "{variant} reached the upstream: {leaked:?}");
         if !protected.contains(&normalized(variant).as_str()) {
             // Not a configured identity header (the default name while another is configured): it passes.
-            assert!(headers.iter().any(|(k, v)| normalized(k) == normalized(variant) && v == "admin"), "{variant} should pass");
+            assert!(
+                headers
+                    .iter()
+                    .any(|(k, v)| normalized(k) == normalized(variant) && v == "admin"),
+                "{variant} should pass"
+            );
         }
-        assert!(headers.iter().any(|(k, v)| k == "x-custom-header" && v == "keep-me"), "other headers survive");
+        assert!(
+            headers.iter().any(|(k, v)| k == "x-custom-header" && v == "keep-me"),
+            "other headers survive"
+        );
     }
 }
 
@@ -66,10 +82,16 @@ async fn default_identity_headers_are_stripped_in_every_spelling() {
     let headers = echoed_headers(&response.json());
     for (k, _) in &headers {
         let n = normalized(k);
-        assert!(n != "x-forwarded-user" && n != "x-bbsso-assertion", "{k} reached the upstream");
+        assert!(
+            n != "x-forwarded-user" && n != "x-bbsso-assertion",
+            "{k} reached the upstream"
+        );
     }
     // X-Remote-User is not configured here, so it is an ordinary header.
-    assert_eq!(headers.iter().filter(|(k, _)| normalized(k) == "x-remote-user").count(), 2);
+    assert_eq!(
+        headers.iter().filter(|(k, _)| normalized(k) == "x-remote-user").count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -80,16 +102,32 @@ async fn the_proxy_cookies_are_removed_and_other_cookies_pass_unchanged() {
         proxy.addr,
         "/projects",
         &[
-            ("cookie", "BITBUCKETSESSIONID=B1; bbsso=sessionsecret; _atl_bitbucket_remember_me=R1"),
-            ("cookie", "__Host-bbsso=hostsecret; bbsso_login_abc=statesecret; bbssofan=keep; theme=dark"),
+            (
+                "cookie",
+                "BITBUCKETSESSIONID=B1; bbsso=sessionsecret; _atl_bitbucket_remember_me=R1",
+            ),
+            (
+                "cookie",
+                "__Host-bbsso=hostsecret; bbsso_login_abc=statesecret; bbssofan=keep; theme=dark",
+            ),
         ],
     )
     .await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let cookies: Vec<String> = echoed_headers(&v).into_iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v).collect();
-    assert_eq!(cookies, vec!["BITBUCKETSESSIONID=B1; _atl_bitbucket_remember_me=R1; bbssofan=keep; theme=dark".to_owned()]);
-    assert!(!proxy.log_text().contains("secret"), "cookie values never reach the logs");
+    let cookies: Vec<String> = echoed_headers(&v)
+        .into_iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        cookies,
+        vec!["BITBUCKETSESSIONID=B1; _atl_bitbucket_remember_me=R1; bbssofan=keep; theme=dark".to_owned()]
+    );
+    assert!(
+        !proxy.log_text().contains("secret"),
+        "cookie values never reach the logs"
+    );
 }
 
 #[tokio::test]
@@ -117,14 +155,25 @@ async fn hop_by_hop_headers_do_not_cross_the_proxy_in_either_direction() {
     let mut buf = vec![0u8; 65536];
     let mut got = Vec::new();
     while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"]") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "connection closed early");
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let seen: Vec<String> = serde_json::from_str(body).unwrap();
-    for hop in ["connection", "x-hop-request", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection"] {
+    for hop in [
+        "connection",
+        "x-hop-request",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
         assert!(!seen.iter().any(|h| h == hop), "{hop} reached the upstream: {seen:?}");
     }
     assert!(seen.iter().any(|h| h == "x-end-to-end"));
@@ -137,12 +186,23 @@ async fn hop_by_hop_headers_do_not_cross_the_proxy_in_either_direction() {
 #[tokio::test]
 async fn forwarded_headers_are_replaced_for_untrusted_peers_and_appended_for_trusted_ones() {
     let upstream = spawn_echo_headers().await;
-    let spoof = [("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example"), ("forwarded", "for=6.6.6.6"), ("x-request-id", "abc-123")];
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-request-id", "abc-123"),
+    ];
 
     let untrusted = ProxyProcess::start(&config(upstream, "trusted_proxies = [\"10.0.0.0/8\"]", "", ""));
     let (_, headers, body) = get(untrusted.addr, "/projects", &spoof).await;
     let seen = echoed_headers(&serde_json::from_slice(&body).unwrap());
-    let one = |name: &str| seen.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let one = |name: &str| {
+        seen.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(one("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(one("x-forwarded-proto"), vec!["http"]);
     assert_eq!(one("x-forwarded-host"), vec!["localhost:8080"]);
@@ -156,7 +216,12 @@ async fn forwarded_headers_are_replaced_for_untrusted_peers_and_appended_for_tru
     let trusted = ProxyProcess::start(&config(upstream, "trusted_proxies = [\"127.0.0.0/8\"]", "", ""));
     let (_, _, body) = get(trusted.addr, "/projects", &spoof).await;
     let seen = echoed_headers(&serde_json::from_slice(&body).unwrap());
-    let one = |name: &str| seen.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let one = |name: &str| {
+        seen.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(one("x-forwarded-for"), vec!["6.6.6.6, 127.0.0.1"]);
     assert_eq!(one("x-forwarded-proto"), vec!["https"]);
     assert_eq!(one("x-forwarded-host"), vec!["evil.example"]);
@@ -166,7 +231,11 @@ async fn forwarded_headers_are_replaced_for_untrusted_peers_and_appended_for_tru
     // A request id with odd characters is replaced by a generated one.
     let (_, headers, body) = get(untrusted.addr, "/projects", &[("x-request-id", "bad id<script>")]).await;
     let seen = echoed_headers(&serde_json::from_slice(&body).unwrap());
-    let forwarded_id = seen.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap();
+    let forwarded_id = seen
+        .iter()
+        .find(|(k, _)| k == "x-request-id")
+        .map(|(_, v)| v.clone())
+        .unwrap();
     assert_ne!(forwarded_id, "bad id<script>");
     assert_eq!(headers["x-request-id"], forwarded_id.as_str());
 }

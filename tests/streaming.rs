@@ -97,10 +97,17 @@ async fn upload_of_256_mib_streams_to_the_upstream_before_the_client_has_sent_it
     let response = response.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&body), format!("{TOTAL} 0"), "upstream got every byte, in order");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{TOTAL} 0"),
+        "upstream got every byte, in order"
+    );
 
     let peak_mib = proxy.peak_rss_kib() / 1024;
-    assert!(peak_mib < 64, "proxy peak RSS {peak_mib} MiB after a 256 MiB upload: the body was buffered");
+    assert!(
+        peak_mib < 64,
+        "proxy peak RSS {peak_mib} MiB after a 256 MiB upload: the body was buffered"
+    );
     let access = proxy.wait_for_log(|v| v["target"] == "access" && v["method"] == "PUT");
     assert_eq!(access["bytes_in"], TOTAL as u64);
     assert_eq!(access["route"], "api");
@@ -129,14 +136,20 @@ async fn download_of_256_mib_reaches_the_client_before_the_upstream_has_sent_it_
                     }
                 }
             });
-            Response::builder().header("content-type", "application/x-git-upload-pack-result").body(channel_body(rx)).unwrap()
+            Response::builder()
+                .header("content-type", "application/x-git-upload-pack-result")
+                .body(channel_body(rx))
+                .unwrap()
         }
     })
     .await;
     let proxy = ProxyProcess::start(&config(upstream, "", "", ""));
 
     let mut sender = connect(proxy.addr).await;
-    let req = Request::post("/scm/proj/repo.git/git-upload-pack").header("host", "localhost:8080").body(full("0000")).unwrap();
+    let req = Request::post("/scm/proj/repo.git/git-upload-pack")
+        .header("host", "localhost:8080")
+        .body(full("0000"))
+        .unwrap();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
@@ -157,7 +170,10 @@ async fn download_of_256_mib_reaches_the_client_before_the_upstream_has_sent_it_
     assert_eq!(tally.bad, 0, "every byte arrived in order");
 
     let peak_mib = proxy.peak_rss_kib() / 1024;
-    assert!(peak_mib < 64, "proxy peak RSS {peak_mib} MiB after a 256 MiB download: the body was buffered");
+    assert!(
+        peak_mib < 64,
+        "proxy peak RSS {peak_mib} MiB after a 256 MiB download: the body was buffered"
+    );
     let access = proxy.wait_for_log(|v| v["target"] == "access" && v["method"] == "POST");
     assert_eq!(access["bytes_out"], TOTAL as u64);
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Parses a duration; the error says what is expected.
 pub fn parse(input: &str) -> Result<Duration, String> {
     let expected = || {
-        format!("expected a duration such as \"90s\", \"15m\", \"8h\" or \"30d\" (units ms, s, m, h, d), got \"{input}\"")
+        format!(
+            "expected a duration such as \"90s\", \"15m\", \"8h\" or \"30d\" (units ms, s, m, h, d), got \"{input}\""
+        )
     };
     let s = input.trim();
     if s.is_empty() {
@@ -56,7 +58,17 @@ mod tests {
 
     #[test]
     fn refuses_everything_else() {
-        for bad in ["", "10", "s", "10x", "1.5h", "-5s", "10 s", "h1", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "1.5h",
+            "-5s",
+            "10 s",
+            "h1",
+            "99999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -26,7 +26,9 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
                 ));
             }
             let value = lookup(name).ok_or_else(|| {
-                format!("environment variable `{name}` is not set; set it, or write the value (or a `_file` key) instead")
+                format!(
+                    "environment variable `{name}` is not set; set it, or write the value (or a `_file` key) instead"
+                )
             })?;
             out.push_str(&value);
             rest = &tail[end + 1..];

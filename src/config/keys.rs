@@ -106,7 +106,11 @@ pub fn unknown_key_message(canonical: &str) -> String {
         "log" => fields::<raw::RawLog>(),
         _ => &[],
     };
-    let what = if section.is_empty() { "section".to_owned() } else { format!("key in [{}]", display_path(section)) };
+    let what = if section.is_empty() {
+        "section".to_owned()
+    } else {
+        format!("key in [{}]", display_path(section))
+    };
     match known.iter().min_by_key(|k| edit_distance(k, name)) {
         Some(best) if edit_distance(best, name) <= 2 => {
             format!("unknown {what} `{name}`; did you mean `{best}`?")
@@ -182,15 +186,24 @@ mod tests {
 
     #[test]
     fn paths_are_cleaned_and_displayed() {
-        assert_eq!(clean_path("providers[0].$__serde_spanned_private_value.issuer"), "providers.0.issuer");
+        assert_eq!(
+            clean_path("providers[0].$__serde_spanned_private_value.issuer"),
+            "providers.0.issuer"
+        );
         assert_eq!(clean_path("server.?.listn"), "server.listn");
         assert_eq!(display_path("providers.0.issuer"), "providers[0].issuer");
-        assert_eq!(display_path("sso.redirection_rules.1.provider"), "sso.redirection_rules[1].provider");
+        assert_eq!(
+            display_path("sso.redirection_rules.1.provider"),
+            "sso.redirection_rules[1].provider"
+        );
     }
 
     #[test]
     fn unknown_keys_get_a_suggestion_from_the_schema() {
-        assert_eq!(unknown_key_message("server.listn"), "unknown key in [server] `listn`; did you mean `listen`?");
+        assert_eq!(
+            unknown_key_message("server.listn"),
+            "unknown key in [server] `listn`; did you mean `listen`?"
+        );
         assert!(unknown_key_message("providers.2.clientid").contains("did you mean `client_id`?"));
         assert!(unknown_key_message("servr").contains("did you mean `server`?"));
         assert!(unknown_key_message("log.colour_scheme").contains("expected one of: format, level"));

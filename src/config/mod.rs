@@ -37,7 +37,12 @@ pub fn load_str(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
     };
     let locate = |offset: usize, key: String, message: String| {
         let (line, column) = line_col(src, offset);
-        Problem { line, column, key, message }
+        Problem {
+            line,
+            column,
+            key,
+            message,
+        }
     };
 
     let (doc, syntax_errors) = toml::de::DeTable::parse_recoverable(src);
@@ -77,7 +82,11 @@ pub fn load_str(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) ->
                 .map(|s| s.start)
                 .or_else(|| index.key_offset(&key))
                 .unwrap_or(0);
-            problems.push(locate(offset, keys::display_path(&key), err.inner().message().trim().to_owned()));
+            problems.push(locate(
+                offset,
+                keys::display_path(&key),
+                err.inner().message().trim().to_owned(),
+            ));
             problems.sort_by_key(|p| (p.line, p.column));
             return Err(invalid(problems));
         }

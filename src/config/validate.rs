@@ -26,12 +26,31 @@ pub const MIN_BACKDOOR_KEY_CHARS: usize = 16;
 
 /// Headers that must never be used to carry the identity: the proxy or HTTP itself owns them.
 const RESERVED_HEADERS: &[&str] = &[
-    "host", "authorization", "cookie", "set-cookie", "connection", "upgrade", "content-length",
-    "transfer-encoding", "te", "trailer", "keep-alive", "proxy-authorization", "proxy-authenticate",
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id", "origin", "referer",
+    "host",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+    "origin",
+    "referer",
 ];
 
-const SIGNING_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const SIGNING_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// Validation state: the source (for positions), where relative paths start, the environment, and what went wrong.
 pub struct Ctx<'a> {
@@ -44,7 +63,12 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// A fresh context.
     pub fn new(src: &'a str, base_dir: &'a Path, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
-        Ctx { src, base_dir, env, problems: Vec::new() }
+        Ctx {
+            src,
+            base_dir,
+            env,
+            problems: Vec::new(),
+        }
     }
 
     /// Every problem found.
@@ -54,7 +78,12 @@ impl<'a> Ctx<'a> {
 
     fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_col(self.src, span.start);
-        self.problems.push(Problem { line, column, key: key.to_owned(), message: message.into() });
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        });
     }
 
     /// The string with `${NAME}` references replaced.
@@ -80,7 +109,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// A required string; a missing one is reported at `section`.
-    fn required(&mut self, v: &Option<Str>, section: Range<usize>, key: &str, expected: &str) -> Option<(String, Range<usize>)> {
+    fn required(
+        &mut self,
+        v: &Option<Str>,
+        section: Range<usize>,
+        key: &str,
+        expected: &str,
+    ) -> Option<(String, Range<usize>)> {
         match v {
             Some(v) => self.text(v, key).map(|s| (s, v.span())),
             None => {
@@ -117,9 +152,9 @@ impl<'a> Ctx<'a> {
 
     fn socket_addr(&mut self, v: &Option<Str>, key: &str, default: &str) -> Option<SocketAddr> {
         self.parsed(v, key, default, |s| {
-            s.parse::<SocketAddr>()
-                .map(Some)
-                .map_err(|_| format!("expected an IP address and port such as \"0.0.0.0:8080\" or \"[::1]:8080\", got \"{s}\""))
+            s.parse::<SocketAddr>().map(Some).map_err(|_| {
+                format!("expected an IP address and port such as \"0.0.0.0:8080\" or \"[::1]:8080\", got \"{s}\"")
+            })
         })
     }
 
@@ -130,7 +165,11 @@ impl<'a> Ctx<'a> {
             Some((_, value)) => *value,
             None => {
                 let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                self.at(v.span(), key, format!("expected one of {}, got \"{text}\"", names.join(", ")));
+                self.at(
+                    v.span(),
+                    key,
+                    format!("expected one of {}, got \"{text}\"", names.join(", ")),
+                );
                 default
             }
         }
@@ -180,11 +219,19 @@ impl<'a> Ctx<'a> {
                 Some(url)
             }
             Ok(url) if url.scheme() == "http" => {
-                self.at(span, key, format!("expected an https URL (plain http is only accepted for localhost), got \"{text}\""));
+                self.at(
+                    span,
+                    key,
+                    format!("expected an https URL (plain http is only accepted for localhost), got \"{text}\""),
+                );
                 None
             }
             _ => {
-                self.at(span, key, format!("expected an absolute http(s) URL such as \"https://host.example.com\", got \"{text}\""));
+                self.at(
+                    span,
+                    key,
+                    format!("expected an absolute http(s) URL such as \"https://host.example.com\", got \"{text}\""),
+                );
                 None
             }
         }
@@ -202,14 +249,22 @@ impl<'a> Ctx<'a> {
     /// A path relative to the configuration file's folder.
     fn path(&self, text: &str) -> PathBuf {
         let p = Path::new(text);
-        if p.is_absolute() { p.to_owned() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// A secret given inline (`key`) or in a file (`key_file`); not both.
     fn secret(&mut self, value: &Option<Str>, file: &Option<Str>, key: &str) -> Option<(Secret, Range<usize>)> {
         match (value, file) {
             (Some(_), Some(f)) => {
-                self.at(f.span(), &format!("{key}_file"), format!("give either {key} or {key}_file, not both"));
+                self.at(
+                    f.span(),
+                    &format!("{key}_file"),
+                    format!("give either {key} or {key}_file, not both"),
+                );
                 None
             }
             (Some(v), None) => self.text(v, key).map(|s| (Secret::new(s), v.span())),
@@ -220,7 +275,11 @@ impl<'a> Ctx<'a> {
                 match std::fs::read_to_string(&path) {
                     Ok(content) => Some((Secret::new(content.trim_end_matches(['\n', '\r']).to_owned()), f.span())),
                     Err(e) => {
-                        self.at(f.span(), &file_key, format!("cannot read secret file {}: {e}", path.display()));
+                        self.at(
+                            f.span(),
+                            &file_key,
+                            format!("cannot read secret file {}: {e}", path.display()),
+                        );
                         None
                     }
                 }
@@ -245,7 +304,10 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         return if net.trunc() == net {
             Ok(net)
         } else {
-            Err(format!("\"{text}\" has host bits set; did you mean \"{}\"?", net.trunc()))
+            Err(format!(
+                "\"{text}\" has host bits set; did you mean \"{}\"?",
+                net.trunc()
+            ))
         };
     }
     text.parse::<std::net::IpAddr>()
@@ -289,11 +351,17 @@ pub fn validate(raw: raw::RawConfig, ctx: &mut Ctx<'_>) -> Option<Config> {
     let sso = sso(sso_raw, sso_span.clone(), &declared, &providers, ctx);
     let ui = ui(raw.ui, ctx);
     let (admin_raw, _) = section(raw.admin);
-    let admin = Admin { test_page_groups: ctx.list(&admin_raw.test_page_groups, "admin.test_page_groups", &[]) };
+    let admin = Admin {
+        test_page_groups: ctx.list(&admin_raw.test_page_groups, "admin.test_page_groups", &[]),
+    };
     let log = log(raw.log, ctx);
 
     if sso.enabled && provider_count == 0 {
-        ctx.at(sso_span, "providers", "SSO is enabled but no [[providers]] is configured: add one, or set sso.enabled = false");
+        ctx.at(
+            sso_span,
+            "providers",
+            "SSO is enabled but no [[providers]] is configured: add one, or set sso.enabled = false",
+        );
     }
     Some(Config {
         server: server?,
@@ -320,7 +388,11 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
         && a.port() != 0
     {
         let at = s.admin_listen.as_ref().map(|v| v.span()).unwrap_or(span.clone());
-        ctx.at(at, "server.admin_listen", format!("must differ from server.listen ({a}): health and metrics need their own port"));
+        ctx.at(
+            at,
+            "server.admin_listen",
+            format!("must differ from server.listen ({a}): health and metrics need their own port"),
+        );
     }
     let public_url = match ctx.required(&s.public_url, span.clone(), "server.public_url", "the external URL of Bitbucket, such as \"https://bitbucket.example.com\"") {
         Some((text, at)) => ctx.url(&text, at.clone(), "server.public_url", true).and_then(|url| {
@@ -344,11 +416,19 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
     };
     let header_read_timeout = ctx.duration(&s.header_read_timeout, "server.header_read_timeout", "10s");
     if header_read_timeout.is_zero() {
-        ctx.at(s.header_read_timeout.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "server.header_read_timeout", "must be greater than 0s: it protects against slow-header attacks");
+        ctx.at(
+            s.header_read_timeout.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "server.header_read_timeout",
+            "must be greater than 0s: it protects against slow-header attacks",
+        );
     }
     let max_header_bytes = match &s.max_header_bytes {
         Some(v) if !(8192..=1_048_576).contains(v.get_ref()) => {
-            ctx.at(v.span(), "server.max_header_bytes", format!("expected a number of bytes from 8192 to 1048576, got {}", v.get_ref()));
+            ctx.at(
+                v.span(),
+                "server.max_header_bytes",
+                format!("expected a number of bytes from 8192 to 1048576, got {}", v.get_ref()),
+            );
             65_536
         }
         Some(v) => usize::try_from(*v.get_ref()).unwrap_or(65_536),
@@ -370,10 +450,19 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
 
 fn upstream(raw: Option<Spanned<raw::RawUpstream>>, ctx: &mut Ctx<'_>) -> Option<Upstream> {
     let (u, span) = section(raw);
-    let url = match ctx.required(&u.url, span.clone(), "upstream.url", "Bitbucket's own address, such as \"http://127.0.0.1:7990\"") {
+    let url = match ctx.required(
+        &u.url,
+        span.clone(),
+        "upstream.url",
+        "Bitbucket's own address, such as \"http://127.0.0.1:7990\"",
+    ) {
         Some((text, at)) => ctx.url(&text, at.clone(), "upstream.url", true).and_then(|url| {
             if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-                ctx.at(at, "upstream.url", format!("expected scheme, host and port only (no path, query or fragment), got \"{text}\""));
+                ctx.at(
+                    at,
+                    "upstream.url",
+                    format!("expected scheme, host and port only (no path, query or fragment), got \"{text}\""),
+                );
                 None
             } else {
                 Some(url)
@@ -383,28 +472,49 @@ fn upstream(raw: Option<Spanned<raw::RawUpstream>>, ctx: &mut Ctx<'_>) -> Option
     };
     let connect_timeout = ctx.duration(&u.connect_timeout, "upstream.connect_timeout", "5s");
     let idle_timeout = ctx.duration(&u.idle_timeout, "upstream.idle_timeout", "10m");
-    for (value, key, d) in [(&u.connect_timeout, "upstream.connect_timeout", connect_timeout), (&u.idle_timeout, "upstream.idle_timeout", idle_timeout)] {
+    for (value, key, d) in [
+        (&u.connect_timeout, "upstream.connect_timeout", connect_timeout),
+        (&u.idle_timeout, "upstream.idle_timeout", idle_timeout),
+    ] {
         if d.is_zero() {
-            ctx.at(value.as_ref().map(|v| v.span()).unwrap_or(span.clone()), key, "must be greater than 0s");
+            ctx.at(
+                value.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                key,
+                "must be greater than 0s",
+            );
         }
     }
     let pool_idle_timeout = ctx.duration(&u.pool_idle_timeout, "upstream.pool_idle_timeout", "15s");
     let pool_max_idle_per_host = match &u.pool_max_idle_per_host {
         Some(v) if !(0..=10_000).contains(v.get_ref()) => {
-            ctx.at(v.span(), "upstream.pool_max_idle_per_host", format!("expected a number from 0 to 10000, got {}", v.get_ref()));
+            ctx.at(
+                v.span(),
+                "upstream.pool_max_idle_per_host",
+                format!("expected a number from 0 to 10000, got {}", v.get_ref()),
+            );
             64
         }
         Some(v) => usize::try_from(*v.get_ref()).unwrap_or(64),
         None => 64,
     };
-    Some(Upstream { url: url?, connect_timeout, idle_timeout, pool_idle_timeout, pool_max_idle_per_host })
+    Some(Upstream {
+        url: url?,
+        connect_timeout,
+        idle_timeout,
+        pool_idle_timeout,
+        pool_max_idle_per_host,
+    })
 }
 
 fn header_name(ctx: &mut Ctx<'_>, v: &Option<Str>, key: &str, default: &str) -> String {
     let name = ctx.text_or(v, key, default);
     let at = v.as_ref().map(|v| v.span()).unwrap_or(0..0);
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
-        ctx.at(at, key, format!("expected an HTTP header name (letters, digits, `-`), got \"{name}\""));
+        ctx.at(
+            at,
+            key,
+            format!("expected an HTTP header name (letters, digits, `-`), got \"{name}\""),
+        );
     } else if RESERVED_HEADERS.contains(&normalize_header(&name).as_str()) {
         ctx.at(at, key, format!("\"{name}\" is a standard header and cannot carry the identity; use a dedicated name such as \"{default}\""));
     }
@@ -419,11 +529,24 @@ fn normalize_header(name: &str) -> String {
 fn identity(raw: Option<Spanned<raw::RawIdentity>>, sso_enabled: bool, ctx: &mut Ctx<'_>) -> Identity {
     let (i, span) = section(raw);
     let user_header = header_name(ctx, &i.user_header, "identity.user_header", "X-Forwarded-User");
-    let assertion_header = header_name(ctx, &i.assertion_header, "identity.assertion_header", "X-Bbsso-Assertion");
+    let assertion_header = header_name(
+        ctx,
+        &i.assertion_header,
+        "identity.assertion_header",
+        "X-Bbsso-Assertion",
+    );
     if normalize_header(&user_header) == normalize_header(&assertion_header) {
-        ctx.at(i.assertion_header.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "identity.assertion_header", "must differ from identity.user_header");
+        ctx.at(
+            i.assertion_header.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "identity.assertion_header",
+            "must differ from identity.user_header",
+        );
     }
-    let secret = ctx.secret(&i.assertion_secret, &i.assertion_secret_file, "identity.assertion_secret");
+    let secret = ctx.secret(
+        &i.assertion_secret,
+        &i.assertion_secret_file,
+        "identity.assertion_secret",
+    );
     let assertion_secret = match secret {
         Some((s, at)) if s.expose().len() < MIN_ASSERTION_SECRET_BYTES => {
             ctx.at(at, "identity.assertion_secret", format!("must be at least {MIN_ASSERTION_SECRET_BYTES} bytes (it signs the identity Bitbucket trusts); generate one with `bitbucket-sso-proxy gen-key`"));
@@ -439,16 +562,27 @@ fn identity(raw: Option<Spanned<raw::RawIdentity>>, sso_enabled: bool, ctx: &mut
     };
     let assertion_ttl = ctx.duration(&i.assertion_ttl, "identity.assertion_ttl", "60s");
     if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&assertion_ttl) {
-        ctx.at(i.assertion_ttl.as_ref().map(|v| v.span()).unwrap_or(span), "identity.assertion_ttl", "expected a duration from \"5s\" to \"10m\"");
+        ctx.at(
+            i.assertion_ttl.as_ref().map(|v| v.span()).unwrap_or(span),
+            "identity.assertion_ttl",
+            "expected a duration from \"5s\" to \"10m\"",
+        );
     }
-    Identity { user_header, assertion_header, assertion_secret, assertion_ttl }
+    Identity {
+        user_header,
+        assertion_header,
+        assertion_secret,
+        assertion_ttl,
+    }
 }
 
 fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut Ctx<'_>) -> Session {
     let (s, span) = section(raw);
     let cookie_name = ctx.text_or(&s.cookie_name, "session.cookie_name", "bbsso");
     if cookie_name.is_empty()
-        || !cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || !cookie_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         || cookie_name.starts_with("__")
     {
         ctx.at(s.cookie_name.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "session.cookie_name",
@@ -456,7 +590,11 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
     }
     let key_texts: Vec<(String, Range<usize>)> = match (&s.keys, &s.keys_file) {
         (Some(_), Some(f)) => {
-            ctx.at(f.span(), "session.keys_file", "give either session.keys or session.keys_file, not both");
+            ctx.at(
+                f.span(),
+                "session.keys_file",
+                "give either session.keys or session.keys_file, not both",
+            );
             Vec::new()
         }
         (Some(_), None) => ctx.items(&s.keys, "session.keys"),
@@ -491,34 +629,69 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
     let lifetime = ctx.duration(&s.lifetime, "session.lifetime", "8h");
     let idle_timeout = ctx.duration(&s.idle_timeout, "session.idle_timeout", "1h");
     if idle_timeout > lifetime {
-        ctx.at(s.idle_timeout.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "session.idle_timeout", "must not be longer than session.lifetime");
+        ctx.at(
+            s.idle_timeout.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "session.idle_timeout",
+            "must not be longer than session.lifetime",
+        );
     }
     if lifetime.is_zero() {
-        ctx.at(s.lifetime.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "session.lifetime", "must be greater than 0s");
+        ctx.at(
+            s.lifetime.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "session.lifetime",
+            "must be greater than 0s",
+        );
     }
     let remember_me_lifetime = ctx.duration(&s.remember_me_lifetime, "session.remember_me_lifetime", "30d");
     let revalidate = ctx.duration(&s.revalidate_every, "session.revalidate_every", "15m");
     let revalidate_every = (!revalidate.is_zero()).then_some(revalidate);
-    let store = ctx.choice(&s.store, "session.store", &[("cookie", SessionStore::Cookie), ("redis", SessionStore::Redis)], SessionStore::Cookie);
-    let redis_url = ctx.secret(&s.redis_url, &s.redis_url_file, "session.redis_url").and_then(|(url, at)| {
-        if url.expose().starts_with("redis://") || url.expose().starts_with("rediss://") {
-            Some(url)
-        } else {
-            ctx.at(at, "session.redis_url", "expected a URL starting with redis:// or rediss:// (TLS)");
-            None
-        }
-    });
+    let store = ctx.choice(
+        &s.store,
+        "session.store",
+        &[("cookie", SessionStore::Cookie), ("redis", SessionStore::Redis)],
+        SessionStore::Cookie,
+    );
+    let redis_url = ctx
+        .secret(&s.redis_url, &s.redis_url_file, "session.redis_url")
+        .and_then(|(url, at)| {
+            if url.expose().starts_with("redis://") || url.expose().starts_with("rediss://") {
+                Some(url)
+            } else {
+                ctx.at(
+                    at,
+                    "session.redis_url",
+                    "expected a URL starting with redis:// or rediss:// (TLS)",
+                );
+                None
+            }
+        });
     if store == SessionStore::Redis && s.redis_url.is_none() && s.redis_url_file.is_none() {
-        ctx.at(s.store.as_ref().map(|v| v.span()).unwrap_or(span), "session.redis_url", "is required when session.store = \"redis\"");
+        ctx.at(
+            s.store.as_ref().map(|v| v.span()).unwrap_or(span),
+            "session.redis_url",
+            "is required when session.store = \"redis\"",
+        );
     }
     let redis_key_prefix = ctx.text_or(&s.redis_key_prefix, "session.redis_key_prefix", "bbsso:");
-    Session { cookie_name, keys, lifetime, idle_timeout, remember_me_lifetime, revalidate_every, store, redis_url, redis_key_prefix }
+    Session {
+        cookie_name,
+        keys,
+        lifetime,
+        idle_timeout,
+        remember_me_lifetime,
+        revalidate_every,
+        store,
+        redis_url,
+        redis_key_prefix,
+    }
 }
 
 /// Accepts standard or URL-safe base64, padded or not.
 pub fn decode_key(text: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(text).ok())
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(text).ok())
 }
 
 fn providers(raw: Vec<Spanned<raw::RawProvider>>, ctx: &mut Ctx<'_>) -> Vec<Provider> {
@@ -531,65 +704,129 @@ fn providers(raw: Vec<Spanned<raw::RawProvider>>, ctx: &mut Ctx<'_>) -> Vec<Prov
         let id = ctx.required(&p.id, span.clone(), &key("id"), "a short name such as \"cognito\"");
         if let Some((id, at)) = &id {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                ctx.at(at.clone(), &key("id"), format!("expected letters, digits, `-` or `_`, got \"{id}\""));
+                ctx.at(
+                    at.clone(),
+                    &key("id"),
+                    format!("expected letters, digits, `-` or `_`, got \"{id}\""),
+                );
             } else if !seen.insert(id.clone()) {
-                ctx.at(at.clone(), &key("id"), format!("\"{id}\" is used by another provider; ids must be unique"));
+                ctx.at(
+                    at.clone(),
+                    &key("id"),
+                    format!("\"{id}\" is used by another provider; ids must be unique"),
+                );
             }
         }
-        let kind = ctx.choice(&p.kind, &key("kind"), &[("cognito", ProviderKind::Cognito), ("oidc", ProviderKind::Oidc)], ProviderKind::Oidc);
+        let kind = ctx.choice(
+            &p.kind,
+            &key("kind"),
+            &[("cognito", ProviderKind::Cognito), ("oidc", ProviderKind::Oidc)],
+            ProviderKind::Oidc,
+        );
         let issuer = ctx
-            .required(&p.issuer, span.clone(), &key("issuer"), "the provider's issuer URL (discovery is read from {issuer}/.well-known/openid-configuration)")
+            .required(
+                &p.issuer,
+                span.clone(),
+                &key("issuer"),
+                "the provider's issuer URL (discovery is read from {issuer}/.well-known/openid-configuration)",
+            )
             .and_then(|(text, at)| ctx.url(&text, at, &key("issuer"), false));
-        let client_id = ctx.required(&p.client_id, span.clone(), &key("client_id"), "the app client id registered at the provider");
-        let client_secret = ctx.secret(&p.client_secret, &p.client_secret_file, &key("client_secret")).map(|(s, _)| s);
+        let client_id = ctx.required(
+            &p.client_id,
+            span.clone(),
+            &key("client_id"),
+            "the app client id registered at the provider",
+        );
+        let client_secret = ctx
+            .secret(&p.client_secret, &p.client_secret_file, &key("client_secret"))
+            .map(|(s, _)| s);
         let scopes = ctx.list(&p.scopes, &key("scopes"), &["openid", "email", "profile"]);
         if !scopes.iter().any(|s| s == "openid") {
-            ctx.at(p.scopes.as_ref().map(|v| v.span()).unwrap_or(span.clone()), &key("scopes"), "must include \"openid\": without it the provider returns no ID token");
+            ctx.at(
+                p.scopes.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                &key("scopes"),
+                "must include \"openid\": without it the provider returns no ID token",
+            );
         }
         let cognito_domain = ctx.opt_url(&p.cognito_domain, &key("cognito_domain"), false);
         if kind == ProviderKind::Cognito && p.cognito_domain.is_none() {
             ctx.at(span.clone(), &key("cognito_domain"), "is required for kind = \"cognito\": the user pool's domain, such as \"https://example.auth.us-east-1.amazoncognito.com\"");
         }
         if kind == ProviderKind::Oidc && p.cognito_domain.is_some() {
-            ctx.at(p.cognito_domain.as_ref().map(|v| v.span()).unwrap_or(span.clone()), &key("cognito_domain"), "applies only to kind = \"cognito\"");
+            ctx.at(
+                p.cognito_domain.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                &key("cognito_domain"),
+                "applies only to kind = \"cognito\"",
+            );
         }
         let jwks_url = ctx.opt_url(&p.jwks_url, &key("jwks_url"), false);
-        let public_key_file = ctx.opt_text(&p.public_key_file, &key("public_key_file")).map(|t| ctx.path(&t));
+        let public_key_file = ctx
+            .opt_text(&p.public_key_file, &key("public_key_file"))
+            .map(|t| ctx.path(&t));
         let keys = match (jwks_url, public_key_file) {
             (Some(_), Some(_)) => {
-                ctx.at(p.public_key_file.as_ref().map(|v| v.span()).unwrap_or(span.clone()), &key("public_key_file"), "give either jwks_url or public_key_file, not both");
+                ctx.at(
+                    p.public_key_file.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                    &key("public_key_file"),
+                    "give either jwks_url or public_key_file, not both",
+                );
                 KeySource::Discovery
             }
             (Some(url), None) => KeySource::JwksUrl(url),
             (None, Some(path)) => {
                 if !path.is_file() {
-                    ctx.at(p.public_key_file.as_ref().map(|v| v.span()).unwrap_or(span.clone()), &key("public_key_file"), format!("file {} does not exist or is not a file", path.display()));
+                    ctx.at(
+                        p.public_key_file.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                        &key("public_key_file"),
+                        format!("file {} does not exist or is not a file", path.display()),
+                    );
                 }
                 KeySource::PublicKeyFile(path)
             }
             (None, None) => KeySource::Discovery,
         };
         let logout_url = ctx.opt_url(&p.logout_url, &key("logout_url"), false);
-        let token_auth_method = ctx.choice(&p.token_auth_method, &key("token_auth_method"),
-            &[("client_secret_basic", TokenAuthMethod::ClientSecretBasic), ("client_secret_post", TokenAuthMethod::ClientSecretPost)],
-            TokenAuthMethod::ClientSecretBasic);
+        let token_auth_method = ctx.choice(
+            &p.token_auth_method,
+            &key("token_auth_method"),
+            &[
+                ("client_secret_basic", TokenAuthMethod::ClientSecretBasic),
+                ("client_secret_post", TokenAuthMethod::ClientSecretPost),
+            ],
+            TokenAuthMethod::ClientSecretBasic,
+        );
         let algs = ctx.items(&p.allowed_algorithms, &key("allowed_algorithms"));
         let mut allowed_algorithms = Vec::new();
         for (alg, at) in algs {
             if SIGNING_ALGORITHMS.contains(&alg.as_str()) {
                 allowed_algorithms.push(alg);
             } else if alg.eq_ignore_ascii_case("none") || alg.to_ascii_uppercase().starts_with("HS") {
-                ctx.at(at, &key("allowed_algorithms"), format!("\"{alg}\" is never accepted: ID tokens must be signed with the provider's private key"));
+                ctx.at(
+                    at,
+                    &key("allowed_algorithms"),
+                    format!("\"{alg}\" is never accepted: ID tokens must be signed with the provider's private key"),
+                );
             } else {
-                ctx.at(at, &key("allowed_algorithms"), format!("expected some of {}, got \"{alg}\"", SIGNING_ALGORITHMS.join(", ")));
+                ctx.at(
+                    at,
+                    &key("allowed_algorithms"),
+                    format!("expected some of {}, got \"{alg}\"", SIGNING_ALGORITHMS.join(", ")),
+                );
             }
         }
         if p.allowed_algorithms.is_none() {
             allowed_algorithms.push("RS256".to_owned());
-        } else if allowed_algorithms.is_empty() && p.allowed_algorithms.as_ref().is_some_and(|l| l.get_ref().is_empty()) {
-            ctx.at(p.allowed_algorithms.as_ref().map(|v| v.span()).unwrap_or(span.clone()), &key("allowed_algorithms"), "must list at least one algorithm, such as \"RS256\"");
+        } else if allowed_algorithms.is_empty() && p.allowed_algorithms.as_ref().is_some_and(|l| l.get_ref().is_empty())
+        {
+            ctx.at(
+                p.allowed_algorithms.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+                &key("allowed_algorithms"),
+                "must list at least one algorithm, such as \"RS256\"",
+            );
         }
-        let (Some((id, _)), Some(issuer), Some((client_id, _))) = (id, issuer, client_id) else { continue };
+        let (Some((id, _)), Some(issuer), Some((client_id, _))) = (id, issuer, client_id) else {
+            continue;
+        };
         let display_name = ctx.text_or(&p.display_name, &key("display_name"), &id);
         out.push(Provider {
             id,
@@ -612,22 +849,40 @@ fn providers(raw: Vec<Spanned<raw::RawProvider>>, ctx: &mut Ctx<'_>) -> Vec<Prov
 
 fn mapping(raw: Option<Spanned<raw::RawMapping>>, has_bitbucket: bool, ctx: &mut Ctx<'_>) -> Mapping {
     let (m, span) = section(raw);
-    let match_by = ctx.choice(&m.match_by, "mapping.match_by", &[("username", MatchBy::Username), ("email", MatchBy::Email)], MatchBy::Username);
+    let match_by = ctx.choice(
+        &m.match_by,
+        "mapping.match_by",
+        &[("username", MatchBy::Username), ("email", MatchBy::Email)],
+        MatchBy::Username,
+    );
     let username_claim = ctx.text_or(&m.username_claim, "mapping.username_claim", "cognito:username");
     let email_claim = ctx.text_or(&m.email_claim, "mapping.email_claim", "email");
     let display_name = match (&m.display_name_claim, &m.first_name_claim, &m.last_name_claim) {
-        (_, None, None) => DisplayNameClaims::Single(ctx.text_or(&m.display_name_claim, "mapping.display_name_claim", "name")),
+        (_, None, None) => {
+            DisplayNameClaims::Single(ctx.text_or(&m.display_name_claim, "mapping.display_name_claim", "name"))
+        }
         (None, Some(f), Some(l)) => DisplayNameClaims::FirstLast {
             first: ctx.text(f, "mapping.first_name_claim").unwrap_or_default(),
             last: ctx.text(l, "mapping.last_name_claim").unwrap_or_default(),
         },
         (Some(d), Some(_), Some(_)) => {
-            ctx.at(d.span(), "mapping.display_name_claim", "give either display_name_claim or first_name_claim + last_name_claim, not both");
+            ctx.at(
+                d.span(),
+                "mapping.display_name_claim",
+                "give either display_name_claim or first_name_claim + last_name_claim, not both",
+            );
             DisplayNameClaims::Single(String::new())
         }
         (_, Some(v), None) | (_, None, Some(v)) => {
-            ctx.at(v.span(), if m.first_name_claim.is_some() { "mapping.first_name_claim" } else { "mapping.last_name_claim" },
-                "first_name_claim and last_name_claim go together: give both");
+            ctx.at(
+                v.span(),
+                if m.first_name_claim.is_some() {
+                    "mapping.first_name_claim"
+                } else {
+                    "mapping.last_name_claim"
+                },
+                "first_name_claim and last_name_claim go together: give both",
+            );
             DisplayNameClaims::Single(String::new())
         }
     };
@@ -639,8 +894,16 @@ fn mapping(raw: Option<Spanned<raw::RawMapping>>, has_bitbucket: bool, ctx: &mut
     let mut allowed_email_domains = Vec::new();
     for (domain, at) in ctx.items(&m.allowed_email_domains, "mapping.allowed_email_domains") {
         let d = domain.trim().to_ascii_lowercase();
-        if d.is_empty() || d.contains('@') || d.starts_with('.') || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-            ctx.at(at, "mapping.allowed_email_domains", format!("expected a domain such as \"example.com\" (no `@`), got \"{domain}\""));
+        if d.is_empty()
+            || d.contains('@')
+            || d.starts_with('.')
+            || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            ctx.at(
+                at,
+                "mapping.allowed_email_domains",
+                format!("expected a domain such as \"example.com\" (no `@`), got \"{domain}\""),
+            );
         } else {
             allowed_email_domains.push(d);
         }
@@ -664,7 +927,12 @@ fn groups(raw: Option<Spanned<raw::RawGroups>>, has_bitbucket: bool, ctx: &mut C
         ctx.at(g.enabled.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "groups.enabled",
             "group sync needs Bitbucket REST access: add a [bitbucket] section with the admin service account, or set groups.enabled = false");
     }
-    let mode = ctx.choice(&g.mode, "groups.mode", &[("manual", GroupMode::Manual), ("on_the_fly", GroupMode::OnTheFly)], GroupMode::Manual);
+    let mode = ctx.choice(
+        &g.mode,
+        "groups.mode",
+        &[("manual", GroupMode::Manual), ("on_the_fly", GroupMode::OnTheFly)],
+        GroupMode::Manual,
+    );
     let mut map = BTreeMap::new();
     if let Some(m) = &g.map {
         for (bb_group, provider_groups) in m.get_ref() {
@@ -673,9 +941,17 @@ fn groups(raw: Option<Spanned<raw::RawGroups>>, has_bitbucket: bool, ctx: &mut C
             if name.trim().is_empty() {
                 ctx.at(provider_groups.span(), &key, "a Bitbucket group name cannot be empty");
             }
-            let list: Vec<String> = provider_groups.get_ref().iter().filter_map(|v| ctx.text(v, &key)).collect();
+            let list: Vec<String> = provider_groups
+                .get_ref()
+                .iter()
+                .filter_map(|v| ctx.text(v, &key))
+                .collect();
             if list.is_empty() {
-                ctx.at(provider_groups.span(), &key, "list at least one provider group that grants this Bitbucket group");
+                ctx.at(
+                    provider_groups.span(),
+                    &key,
+                    "list at least one provider group that grants this Bitbucket group",
+                );
             }
             map.insert(name, list);
         }
@@ -686,15 +962,27 @@ fn groups(raw: Option<Spanned<raw::RawGroups>>, has_bitbucket: bool, ctx: &mut C
     }
     let create_missing = flag(&g.create_missing, false);
     if create_missing && mode == GroupMode::Manual {
-        ctx.at(g.create_missing.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "groups.create_missing", "applies only to mode = \"on_the_fly\"");
+        ctx.at(
+            g.create_missing.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "groups.create_missing",
+            "applies only to mode = \"on_the_fly\"",
+        );
     }
     Groups {
         enabled,
         claim: ctx.text_or(&g.claim, "groups.claim", "cognito:groups"),
         mode,
         default_groups: ctx.list(&g.default_groups, "groups.default_groups", &[]),
-        assign_default_to: ctx.choice(&g.assign_default_to, "groups.assign_default_to",
-            &[("all", AssignDefaultTo::All), ("new", AssignDefaultTo::New), ("none", AssignDefaultTo::None)], AssignDefaultTo::All),
+        assign_default_to: ctx.choice(
+            &g.assign_default_to,
+            "groups.assign_default_to",
+            &[
+                ("all", AssignDefaultTo::All),
+                ("new", AssignDefaultTo::New),
+                ("none", AssignDefaultTo::None),
+            ],
+            AssignDefaultTo::All,
+        ),
         sync_existing_users: flag(&g.sync_existing_users, true),
         keep_existing: flag(&g.keep_existing, true),
         exclude: ctx.list(&g.exclude, "groups.exclude", &[]),
@@ -712,13 +1000,27 @@ fn bitbucket(raw: Option<Spanned<raw::RawBitbucket>>, upstream: Option<&Url>, ct
         Some(_) => ctx.opt_url(&b.url, "bitbucket.url", true),
         None => upstream.cloned(),
     };
-    let admin_user = ctx.required(&b.admin_user, span.clone(), "bitbucket.admin_user", "the name of a Bitbucket admin service account used for provisioning");
+    let admin_user = ctx.required(
+        &b.admin_user,
+        span.clone(),
+        "bitbucket.admin_user",
+        "the name of a Bitbucket admin service account used for provisioning",
+    );
     let password = ctx.secret(&b.admin_password, &b.admin_password_file, "bitbucket.admin_password");
     if password.is_none() && b.admin_password.is_none() && b.admin_password_file.is_none() {
-        ctx.at(span, "bitbucket.admin_password", "is required: the service account's password (Bitbucket's admin REST endpoints accept Basic auth only)");
+        ctx.at(
+            span,
+            "bitbucket.admin_password",
+            "is required: the service account's password (Bitbucket's admin REST endpoints accept Basic auth only)",
+        );
     }
     let timeout = ctx.duration(&b.timeout, "bitbucket.timeout", "10s");
-    Some(Bitbucket { url: url?, admin_user: admin_user?.0, admin_password: password?.0, timeout })
+    Some(Bitbucket {
+        url: url?,
+        admin_user: admin_user?.0,
+        admin_password: password?.0,
+        timeout,
+    })
 }
 
 /// `declared` holds every provider id written in the file, valid or not, so a broken provider
@@ -727,12 +1029,20 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
     let known = |id: &str| declared.iter().any(|d| d == id);
     let auto_redirect_delay = ctx.duration(&s.auto_redirect_delay, "sso.auto_redirect_delay", "0s");
     if auto_redirect_delay > Duration::from_secs(60) {
-        ctx.at(s.auto_redirect_delay.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "sso.auto_redirect_delay", "expected at most \"60s\"");
+        ctx.at(
+            s.auto_redirect_delay.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "sso.auto_redirect_delay",
+            "expected at most \"60s\"",
+        );
     }
     let default_provider = match &s.default_provider {
         Some(v) => ctx.text(v, "sso.default_provider").inspect(|id| {
             if !known(id) {
-                ctx.at(v.span(), "sso.default_provider", format!("no [[providers]] has id \"{id}\""));
+                ctx.at(
+                    v.span(),
+                    "sso.default_provider",
+                    format!("no [[providers]] has id \"{id}\""),
+                );
             }
         }),
         None => providers.first().map(|p| p.id.clone()),
@@ -747,14 +1057,24 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
             .filter(|(p, at)| {
                 let ok = p.starts_with('/') && !p.contains(['?', '#', '\\']) && !p.chars().any(char::is_whitespace);
                 if !ok {
-                    ctx.at(at.clone(), key, format!("expected a path starting with `/` (no query, fragment, backslash or spaces), got \"{p}\""));
+                    ctx.at(
+                        at.clone(),
+                        key,
+                        format!(
+                            "expected a path starting with `/` (no query, fragment, backslash or spaces), got \"{p}\""
+                        ),
+                    );
                 }
                 ok
             })
             .map(|(p, _)| p)
             .collect()
     };
-    let public_paths = paths(&s.public_paths, "sso.public_paths", &["/status", "/s/", "/favicon.ico", "/robots.txt"]);
+    let public_paths = paths(
+        &s.public_paths,
+        "sso.public_paths",
+        &["/status", "/s/", "/favicon.ico", "/robots.txt"],
+    );
     let api_paths = paths(&s.api_paths, "sso.api_paths", &["/rest/", "/scm/"]);
     let (b, bspan) = section(s.backdoor);
     let backdoor_enabled = flag(&b.enabled, false);
@@ -769,7 +1089,11 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
     let allowed_networks = ctx.networks(&b.allowed_networks, "sso.backdoor.allowed_networks");
     if backdoor_enabled {
         if b.key.is_none() && b.key_file.is_none() {
-            ctx.at(bspan.clone(), "sso.backdoor.key", "is required when the backdoor is enabled");
+            ctx.at(
+                bspan.clone(),
+                "sso.backdoor.key",
+                "is required when the backdoor is enabled",
+            );
         }
         if b.allowed_networks.is_none() {
             ctx.at(bspan.clone(), "sso.backdoor.allowed_networks", "is required when the backdoor is enabled: list the admins' networks (\"0.0.0.0/0\" and \"::/0\" allow any address)");
@@ -777,7 +1101,11 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
     }
     let query = ctx.text_or(&b.query, "sso.backdoor.query", "backdoor");
     if query.is_empty() || !query.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        ctx.at(b.query.as_ref().map(|v| v.span()).unwrap_or(bspan), "sso.backdoor.query", format!("expected a query parameter name of letters, digits, `_` or `-`, got \"{query}\""));
+        ctx.at(
+            b.query.as_ref().map(|v| v.span()).unwrap_or(bspan),
+            "sso.backdoor.query",
+            format!("expected a query parameter name of letters, digits, `_` or `-`, got \"{query}\""),
+        );
     }
     let mut redirection_rules = Vec::new();
     for (n, rule) in s.redirection_rules.into_iter().enumerate() {
@@ -785,7 +1113,12 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
         let rule = rule.into_inner();
         let dkey = format!("sso.redirection_rules[{n}].email_domain");
         let pkey = format!("sso.redirection_rules[{n}].provider");
-        let domain = ctx.required(&rule.email_domain, rspan.clone(), &dkey, "the email domain this rule routes, such as \"partner.example\"");
+        let domain = ctx.required(
+            &rule.email_domain,
+            rspan.clone(),
+            &dkey,
+            "the email domain this rule routes, such as \"partner.example\"",
+        );
         let provider = ctx.required(&rule.provider, rspan, &pkey, "the id of the provider for this domain");
         if let Some((p, at)) = &provider
             && !known(p)
@@ -793,7 +1126,10 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
             ctx.at(at.clone(), &pkey, format!("no [[providers]] has id \"{p}\""));
         }
         if let (Some((d, _)), Some((p, _))) = (domain, provider) {
-            redirection_rules.push(RedirectionRule { email_domain: d.trim_start_matches('@').to_ascii_lowercase(), provider: p });
+            redirection_rules.push(RedirectionRule {
+                email_domain: d.trim_start_matches('@').to_ascii_lowercase(),
+                provider: p,
+            });
         }
     }
     Sso {
@@ -803,7 +1139,12 @@ fn sso(s: raw::RawSso, span: Range<usize>, declared: &[String], providers: &[Pro
         default_provider,
         public_paths,
         api_paths,
-        backdoor: Backdoor { enabled: backdoor_enabled, query, key, allowed_networks },
+        backdoor: Backdoor {
+            enabled: backdoor_enabled,
+            query,
+            key,
+            allowed_networks,
+        },
         redirection_rules,
     }
 }
@@ -816,7 +1157,11 @@ fn ui(raw: Option<Spanned<raw::RawUi>>, ctx: &mut Ctx<'_>) -> Ui {
         if path.is_dir() {
             Some(path)
         } else {
-            ctx.at(v.span(), "ui.templates_dir", format!("folder {} does not exist", path.display()));
+            ctx.at(
+                v.span(),
+                "ui.templates_dir",
+                format!("folder {} does not exist", path.display()),
+            );
             None
         }
     });
@@ -829,7 +1174,12 @@ fn ui(raw: Option<Spanned<raw::RawUi>>, ctx: &mut Ctx<'_>) -> Ui {
 
 fn log(raw: Option<Spanned<raw::RawLog>>, ctx: &mut Ctx<'_>) -> Log {
     let (l, _) = section(raw);
-    let format = ctx.choice(&l.format, "log.format", &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)], LogFormat::Json);
+    let format = ctx.choice(
+        &l.format,
+        "log.format",
+        &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
+        LogFormat::Json,
+    );
     let level = ctx.text_or(&l.level, "log.level", "info");
     if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
         ctx.at(l.level.as_ref().map(|v| v.span()).unwrap_or(0..0), "log.level", format!("expected a level (error, warn, info, debug, trace) or a filter such as \"info,bbsso=debug\", got \"{level}\""));

@@ -34,7 +34,12 @@ pin_project! {
 impl<B> IdleBody<B> {
     /// Wraps `inner`; `bytes` receives the running count of data bytes.
     pub fn new(inner: B, idle: Duration, bytes: Option<Arc<AtomicU64>>) -> Self {
-        IdleBody { inner, deadline: tokio::time::sleep(idle), idle, bytes }
+        IdleBody {
+            inner,
+            deadline: tokio::time::sleep(idle),
+            idle,
+            bytes,
+        }
     }
 }
 
@@ -84,7 +89,11 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let stream = tokio_stream_from(rx);
         let count = Arc::new(AtomicU64::new(0));
-        let mut body = std::pin::pin!(IdleBody::new(StreamBody::new(stream), Duration::from_secs(10), Some(count.clone())));
+        let mut body = std::pin::pin!(IdleBody::new(
+            StreamBody::new(stream),
+            Duration::from_secs(10),
+            Some(count.clone())
+        ));
         let sender = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(9)).await;

@@ -42,7 +42,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             }
         }
     }
-    let upgrade = if upgrade_requested { headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade = if upgrade_requested {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named {
         headers.remove(&name);
     }
@@ -61,13 +65,10 @@ pub fn restore_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// Compares a header name with a configured name, case-insensitively and with `_` read as `-`.
 fn same_identity_name(name: &[u8], configured_lower_dash: &[u8]) -> bool {
     name.len() == configured_lower_dash.len()
-        && name
-            .iter()
-            .zip(configured_lower_dash)
-            .all(|(a, b)| {
-                let a = if *a == b'_' { b'-' } else { a.to_ascii_lowercase() };
-                a == *b
-            })
+        && name.iter().zip(configured_lower_dash).all(|(a, b)| {
+            let a = if *a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            a == *b
+        })
 }
 
 /// The names and cookies the proxy owns, prepared once per configuration.
@@ -94,7 +95,11 @@ impl Hygiene {
     pub fn strip_identity(&self, headers: &mut HeaderMap) -> usize {
         let spoofed: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| self.identity_names.iter().any(|n| same_identity_name(k.as_str().as_bytes(), n)))
+            .filter(|k| {
+                self.identity_names
+                    .iter()
+                    .any(|n| same_identity_name(k.as_str().as_bytes(), n))
+            })
             .cloned()
             .collect();
         let mut removed = 0;
@@ -218,7 +223,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -281,7 +289,12 @@ mod tests {
     #[test]
     fn forwarded_headers_are_believed_only_from_trusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("host", "bb.example.com"), ("forwarded", "for=6.6.6.6")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("host", "bb.example.com"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
         let client = set_forwarded(&mut h, "192.0.2.7".parse().unwrap(), "http", &trusted);
         assert_eq!(client, "192.0.2.7".parse::<IpAddr>().unwrap());
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
@@ -289,7 +302,12 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "bb.example.com");
         assert!(h.get("forwarded").is_none());
 
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4, 10.1.1.1"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "bb.example.com"), ("host", "internal")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "bb.example.com"),
+            ("host", "internal"),
+        ]);
         let client = set_forwarded(&mut h, "10.0.0.5".parse().unwrap(), "http", &trusted);
         assert_eq!(client, "1.2.3.4".parse::<IpAddr>().unwrap());
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1, 10.0.0.5");

@@ -117,15 +117,28 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let scheme = if upstream.url.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
+        let scheme = if upstream.url.scheme() == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let host = upstream.url.host_str().unwrap_or("127.0.0.1");
         let authority_text = match upstream.url.port_or_known_default() {
             Some(port) if host.contains(':') => format!("[{host}]:{port}"),
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let authority = authority_text.parse().unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
-        Proxy { client, scheme, authority, idle_timeout: upstream.idle_timeout, trusted, hygiene }
+        let authority = authority_text
+            .parse()
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Proxy {
+            client,
+            scheme,
+            authority,
+            idle_timeout: upstream.idle_timeout,
+            trusted,
+            hygiene,
+        }
     }
 
     /// The header names and cookies this proxy protects.
@@ -141,11 +154,19 @@ impl Proxy {
     /// Forwards a request and returns Bitbucket's response, both bodies streaming.
     ///
     /// The caller has already set `Host` and the `X-Forwarded-*` headers (see [`prepare`]).
-    pub async fn forward(&self, req: Request<Incoming>, fwd: Forwarding<'_>) -> Result<Response<ProxyBody>, ForwardError> {
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        fwd: Forwarding<'_>,
+    ) -> Result<Response<ProxyBody>, ForwardError> {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         let upgrade = headers::strip_hop_by_hop(&mut parts.headers);
-        let client_upgrade = if upgrade.is_some() { parts.extensions.remove::<OnUpgrade>() } else { None };
+        let client_upgrade = if upgrade.is_some() {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
         self.hygiene.strip_identity(&mut parts.headers);
         self.hygiene.strip_proxy_cookies(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
@@ -176,7 +197,9 @@ impl Proxy {
                 }
                 _ => {
                     tracing::warn!("Bitbucket switched protocols without a matching upgrade request; answering 502");
-                    return Err(ForwardError::Other("unexpected 101 Switching Protocols from Bitbucket".into()));
+                    return Err(ForwardError::Other(
+                        "unexpected 101 Switching Protocols from Bitbucket".into(),
+                    ));
                 }
             }
         }
@@ -188,7 +211,11 @@ impl Proxy {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 }
@@ -212,7 +239,11 @@ async fn bridge(client: OnUpgrade, upstream: OnUpgrade) {
             let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((up, down)) => tracing::debug!(bytes_to_upstream = up, bytes_to_client = down, "upgraded connection closed"),
+                Ok((up, down)) => tracing::debug!(
+                    bytes_to_upstream = up,
+                    bytes_to_client = down,
+                    "upgraded connection closed"
+                ),
                 Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
             }
         }

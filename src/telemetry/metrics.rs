@@ -9,7 +9,9 @@ use crate::route::RouteClass;
 const ROUTES: usize = RouteClass::ALL.len();
 const STATUSES: usize = 600;
 /// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
 
 /// Why forwarding to Bitbucket failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +23,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    const ALL: [UpstreamError; 4] =
-        [UpstreamError::ConnectTimeout, UpstreamError::ConnectRefused, UpstreamError::ResponseTimeout, UpstreamError::Other];
+    const ALL: [UpstreamError; 4] = [
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ConnectRefused,
+        UpstreamError::ResponseTimeout,
+        UpstreamError::Other,
+    ];
 
     /// Stable label.
     pub fn as_str(self) -> &'static str {
@@ -82,7 +88,10 @@ impl Metrics {
             self.latency_buckets[r][b].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count[r].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros[r].fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.latency_sum_micros[r].fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     }
@@ -100,46 +109,102 @@ impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let _ = writeln!(out, "# HELP bbsso_requests_total Requests answered, by route class and status.");
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_requests_total Requests answered, by route class and status."
+        );
         let _ = writeln!(out, "# TYPE bbsso_requests_total counter");
         for route in RouteClass::ALL {
             for (status, c) in self.requests[route.index()].iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v > 0 {
-                    let _ = writeln!(out, "bbsso_requests_total{{route=\"{}\",status=\"{status}\"}} {v}", route.as_str());
+                    let _ = writeln!(
+                        out,
+                        "bbsso_requests_total{{route=\"{}\",status=\"{status}\"}} {v}",
+                        route.as_str()
+                    );
                 }
             }
         }
-        let _ = writeln!(out, "# HELP bbsso_request_duration_seconds Time from request to the end of the response body.");
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_request_duration_seconds Time from request to the end of the response body."
+        );
         let _ = writeln!(out, "# TYPE bbsso_request_duration_seconds histogram");
         for route in RouteClass::ALL {
             let r = route.index();
             let mut cumulative = 0;
             for (i, le) in BUCKETS.iter().enumerate() {
                 cumulative += self.latency_buckets[r][i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "bbsso_request_duration_seconds_bucket{{route=\"{}\",le=\"{le}\"}} {cumulative}", route.as_str());
+                let _ = writeln!(
+                    out,
+                    "bbsso_request_duration_seconds_bucket{{route=\"{}\",le=\"{le}\"}} {cumulative}",
+                    route.as_str()
+                );
             }
             let count = self.latency_count[r].load(Ordering::Relaxed);
-            let _ = writeln!(out, "bbsso_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {count}", route.as_str());
+            let _ = writeln!(
+                out,
+                "bbsso_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {count}",
+                route.as_str()
+            );
             let sum = self.latency_sum_micros[r].load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "bbsso_request_duration_seconds_sum{{route=\"{}\"}} {sum}", route.as_str());
-            let _ = writeln!(out, "bbsso_request_duration_seconds_count{{route=\"{}\"}} {count}", route.as_str());
+            let _ = writeln!(
+                out,
+                "bbsso_request_duration_seconds_sum{{route=\"{}\"}} {sum}",
+                route.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "bbsso_request_duration_seconds_count{{route=\"{}\"}} {count}",
+                route.as_str()
+            );
         }
         let _ = writeln!(out, "# HELP bbsso_requests_in_flight Requests being answered now.");
         let _ = writeln!(out, "# TYPE bbsso_requests_in_flight gauge");
-        let _ = writeln!(out, "bbsso_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP bbsso_upstream_errors_total Failures to reach Bitbucket, by kind.");
+        let _ = writeln!(
+            out,
+            "bbsso_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_upstream_errors_total Failures to reach Bitbucket, by kind."
+        );
         let _ = writeln!(out, "# TYPE bbsso_upstream_errors_total counter");
         for kind in UpstreamError::ALL {
-            let _ = writeln!(out, "bbsso_upstream_errors_total{{kind=\"{}\"}} {}", kind.as_str(), self.upstream_errors[kind as usize].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "bbsso_upstream_errors_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.upstream_errors[kind as usize].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP bbsso_bytes_total Body bytes through the proxy, by direction.");
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_bytes_total Body bytes through the proxy, by direction."
+        );
         let _ = writeln!(out, "# TYPE bbsso_bytes_total counter");
-        let _ = writeln!(out, "bbsso_bytes_total{{direction=\"in\"}} {}", self.bytes_in.load(Ordering::Relaxed));
-        let _ = writeln!(out, "bbsso_bytes_total{{direction=\"out\"}} {}", self.bytes_out.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP bbsso_connections_total Client connections accepted on the public listener.");
+        let _ = writeln!(
+            out,
+            "bbsso_bytes_total{{direction=\"in\"}} {}",
+            self.bytes_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "bbsso_bytes_total{{direction=\"out\"}} {}",
+            self.bytes_out.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_connections_total Client connections accepted on the public listener."
+        );
         let _ = writeln!(out, "# TYPE bbsso_connections_total counter");
-        let _ = writeln!(out, "bbsso_connections_total {}", self.connections.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "bbsso_connections_total {}",
+            self.connections.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -12,7 +12,9 @@ use crate::config::{Log, LogFormat};
 /// Logging could not be set up.
 #[derive(Debug, Error)]
 pub enum TelemetryError {
-    #[error("invalid log filter (log.level or RUST_LOG): {0}; use a level such as \"info\" or a filter such as \"info,bbsso=debug\"")]
+    #[error(
+        "invalid log filter (log.level or RUST_LOG): {0}; use a level such as \"info\" or a filter such as \"info,bbsso=debug\""
+    )]
     Filter(String),
     #[error("a global logger is already installed: {0}")]
     Install(String),
@@ -20,9 +22,16 @@ pub enum TelemetryError {
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(log: &Log) -> Result<(), TelemetryError> {
-    let filter_text = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| log.level.clone());
-    let filter = EnvFilter::builder().parse(&filter_text).map_err(|e| TelemetryError::Filter(e.to_string()))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let filter_text = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| log.level.clone());
+    let filter = EnvFilter::builder()
+        .parse(&filter_text)
+        .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let result = match log.format {
         LogFormat::Json => builder
             .json()

@@ -23,7 +23,10 @@ pub fn error_response(
     html: bool,
 ) -> Response<Full<Bytes>> {
     let (body, content_type) = if html {
-        (error_page(status, title, message, request_id), "text/html; charset=utf-8")
+        (
+            error_page(status, title, message, request_id),
+            "text/html; charset=utf-8",
+        )
     } else {
         let json = format!(
             "{{\"error\":{},\"message\":{},\"status\":{},\"request_id\":{}}}",
@@ -107,11 +110,28 @@ mod tests {
 
     #[test]
     fn browsers_get_a_page_and_machines_get_json() {
-        let page = error_response(StatusCode::BAD_GATEWAY, "upstream_unavailable", "Bitbucket <down>", "Try again.", "req-1", true);
+        let page = error_response(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "Bitbucket <down>",
+            "Try again.",
+            "req-1",
+            true,
+        );
         assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
-        let json = error_response(StatusCode::BAD_GATEWAY, "upstream_unavailable", "t", "say \"hi\"\n", "req-1", false);
+        let json = error_response(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "t",
+            "say \"hi\"\n",
+            "req-1",
+            false,
+        );
         assert_eq!(json.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(json_string("say \"hi\"\n\u{1}"), r#""say \"hi\"\n\u0001""#);
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

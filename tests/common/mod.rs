@@ -60,7 +60,12 @@ impl ProxyProcess {
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").arg("--config").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -103,7 +108,13 @@ impl ProxyProcess {
                 }
             }
         }
-        ProxyProcess { child, addr: addr.unwrap(), admin: admin.unwrap(), logs, dir }
+        ProxyProcess {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            logs,
+            dir,
+        }
     }
 
     /// Everything the proxy has written so far.
@@ -128,7 +139,11 @@ impl ProxyProcess {
 
     /// Sends a signal to the process.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -164,7 +179,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -186,9 +203,15 @@ pub async fn spawn_echo_headers() -> SocketAddr {
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
-        let body = serde_json::json!({ "method": req.method().as_str(), "uri": req.uri().to_string(), "headers": headers });
+        let body =
+            serde_json::json!({ "method": req.method().as_str(), "uri": req.uri().to_string(), "headers": headers });
         Response::builder()
             .header("content-type", "application/json")
             .body(full(body.to_string()))
@@ -202,7 +225,10 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf)).await.expect("response in time").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
     RawResponse::parse(&buf)
 }
 
@@ -225,7 +251,10 @@ impl RawResponse {
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let mut body = buf[split + 4..].to_vec();
-        if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+        {
             body = dechunk(&body);
         }
         RawResponse { status, headers, body }
@@ -236,15 +265,16 @@ impl RawResponse {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size_text, 16).unwrap();
         if size == 0 {
             break;
         }
@@ -267,7 +297,9 @@ pub fn echoed_headers(v: &serde_json::Value) -> Vec<(String, String)> {
 /// A hyper HTTP/1.1 client connection to `addr`.
 pub async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn.with_upgrades());
     sender
 }
@@ -279,7 +311,10 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(full(Bytes::new())).unwrap()).await.unwrap();
+    let resp = sender
+        .send_request(req.body(full(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
