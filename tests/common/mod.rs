@@ -273,7 +273,12 @@ impl RawResponse {
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size_text = std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim();
+        let size_text = std::str::from_utf8(&data[..eol])
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .trim();
         let size = usize::from_str_radix(size_text, 16).unwrap();
         if size == 0 {
             break;
