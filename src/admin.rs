@@ -11,17 +11,19 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
+use crate::web::sso::Sso;
 
 /// What the admin endpoints look at.
 pub struct Admin {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    sso: Arc<Sso>,
 }
 
 impl Admin {
     /// Admin endpoints for one running configuration.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Admin { config, metrics }
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sso: Arc<Sso>) -> Self {
+        Admin { config, metrics, sso }
     }
 
     /// Answers one admin request.
@@ -43,7 +45,8 @@ impl Admin {
         Ok(response)
     }
 
-    /// Ready when the configuration is loaded and Bitbucket accepts a connection.
+    /// Ready when the configuration is loaded, Bitbucket accepts a connection, and (with SSO on) every
+    /// provider's discovery and keys are loaded.
     async fn readiness(&self) -> Response<Full<Bytes>> {
         let url = &self.config.upstream.url;
         let host = url
@@ -59,21 +62,30 @@ impl Admin {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no connection within {wait:?}")),
         };
-        match upstream {
-            Ok(()) => reply(
-                StatusCode::OK,
-                "application/json",
-                "{\"ready\":true,\"checks\":{\"config\":\"ok\",\"upstream\":\"ok\"}}\n".to_owned(),
-            ),
-            Err(e) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                format!(
-                    "{{\"ready\":false,\"checks\":{{\"config\":\"ok\",\"upstream\":{}}}}}\n",
-                    crate::web::json_string(&format!("unreachable: {e}"))
-                ),
-            ),
-        }
+        let waiting: Vec<String> = if self.config.sso.enabled {
+            self.sso.providers.not_ready()
+        } else {
+            Vec::new()
+        };
+        let providers = if waiting.is_empty() {
+            "\"ok\"".to_owned()
+        } else {
+            crate::web::json_string(&format!("discovery or keys not loaded yet for: {}", waiting.join(", ")))
+        };
+        let upstream_check = match &upstream {
+            Ok(()) => "\"ok\"".to_owned(),
+            Err(e) => crate::web::json_string(&format!("unreachable: {e}")),
+        };
+        let ready = upstream.is_ok() && waiting.is_empty();
+        let body = format!(
+            "{{\"ready\":{ready},\"checks\":{{\"config\":\"ok\",\"upstream\":{upstream_check},\"providers\":{providers}}}}}\n"
+        );
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        reply(status, "application/json", body)
     }
 }
 

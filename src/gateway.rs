@@ -16,12 +16,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::access::{self, Access, Facts, Switches};
 use crate::config::Config;
 use crate::proxy::headers::Hygiene;
 use crate::proxy::{self, BoxError, Forwarding, Proxy, ProxyBody};
 use crate::route::{self, RouteClass};
 use crate::telemetry::metrics::Metrics;
-use crate::web;
+use crate::web::sso::{self, Lookup, Sso};
+use crate::web::{self, Page};
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -29,6 +31,7 @@ static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request
 pub struct Gateway {
     config: Arc<Config>,
     proxy: Proxy,
+    sso: Arc<Sso>,
     metrics: Arc<Metrics>,
     ids: RequestIds,
 }
@@ -43,13 +46,26 @@ impl Gateway {
             ],
             &config.session.cookie_name,
         );
-        let proxy = Proxy::new(&config.upstream, config.server.trusted_proxies.clone(), hygiene);
+        let names = (
+            http::HeaderName::from_bytes(config.identity.user_header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static("x-forwarded-user")),
+            http::HeaderName::from_bytes(config.identity.assertion_header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static("x-bbsso-assertion")),
+        );
+        let proxy = Proxy::new(&config.upstream, config.server.trusted_proxies.clone(), hygiene, names);
+        let sso = Arc::new(Sso::new(config.clone()));
         Gateway {
             config,
             proxy,
+            sso,
             metrics,
             ids: RequestIds::new(),
         }
+    }
+
+    /// The sign-in machinery (providers' readiness, for `/readyz`).
+    pub fn sso(&self) -> &Arc<Sso> {
+        &self.sso
     }
 
     /// The metrics this gateway records into.
@@ -84,53 +100,74 @@ impl Gateway {
         };
         self.metrics.start_request();
 
-        let mut response = match route {
-            RouteClass::Sso => own(web::error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Page not found",
-                "This address belongs to the sign-in proxy and has no page. Go back to Bitbucket's home page.",
-                &record.request_id,
-                html,
-            )),
-            _ => {
-                let fwd = Forwarding {
-                    request_id: &request_id,
-                    bytes_in: record.bytes_in.clone(),
-                };
-                match self.proxy.forward(req, fwd).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.metrics.upstream_error(e.kind());
-                        tracing::warn!(request_id = %record.request_id, error = %e, "upstream request failed");
-                        let (title, message) = if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                            (
-                                "Bitbucket is not responding",
-                                "Bitbucket did not answer in time. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
-                            )
-                        } else {
-                            (
-                                "Bitbucket is unavailable",
-                                "Bitbucket cannot be reached right now, perhaps because it is restarting. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
-                            )
-                        };
-                        let code = if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                            "upstream_timeout"
-                        } else {
-                            "upstream_unavailable"
-                        };
-                        own(web::error_response(
-                            e.status(),
-                            code,
-                            title,
-                            message,
-                            &record.request_id,
-                            html,
-                        ))
-                    }
+        let ctx = sso::Ctx {
+            request_id: &record.request_id,
+            client_ip,
+            html,
+        };
+        let mut set_cookies: Vec<HeaderValue> = Vec::new();
+        let mut response = if route == RouteClass::Sso {
+            own(self
+                .sso
+                .handle(req.method(), req.uri().path(), req.uri().query(), req.headers(), &ctx)
+                .await)
+        } else {
+            let lookup = if self.config.sso.enabled {
+                self.sso.session(req.headers(), &ctx).await
+            } else {
+                Lookup::None
+            };
+            let found = match lookup {
+                Lookup::Valid(found) => Some(found),
+                Lookup::Ended => {
+                    set_cookies.extend(self.sso.clear_session_cookie());
+                    None
                 }
+                Lookup::None => None,
+            };
+            let normalized = route::normalize_path(req.uri().path());
+            let facts = Facts {
+                route,
+                path: &normalized,
+                method: req.method(),
+                has_session: found.is_some(),
+                has_authorization: req.headers().contains_key(http::header::AUTHORIZATION),
+                navigation: access::is_navigation(req.method(), req.headers()),
+            };
+            let switches = Switches {
+                sso_enabled: self.config.sso.enabled,
+                auto_redirect: self.config.sso.auto_redirect,
+            };
+            match (access::decide(&facts, switches), found) {
+                (Access::ForwardAsUser, Some(found)) => {
+                    record.user = Some(found.session.username.clone());
+                    if found.reissue {
+                        set_cookies.extend(self.sso.session_cookie(&found.session));
+                    }
+                    let identity = self.sso.identity_values(&found.session);
+                    self.forward(req, &request_id, identity, &record, html).await
+                }
+                (Access::ForwardAsUser | Access::ForwardAnonymous, _) => {
+                    self.forward(req, &request_id, None, &record, html).await
+                }
+                (Access::Unauthorized, _) => own(Page::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Sign-in required",
+                    "Sign in to Bitbucket in the browser first, or send an access token or Basic credentials.",
+                )
+                .render(&record.request_id, false)),
+                (Access::Login, _) => {
+                    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    let rd: String = url::form_urlencoded::byte_serialize(path_and_query.as_bytes()).collect();
+                    own(sso::redirect(&format!("/sso/login?rd={rd}")))
+                }
+                (Access::Logout, _) => own(self.sso.logout(req.headers(), &ctx).await),
             }
         };
+        for cookie in set_cookies {
+            response.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
         response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         record.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
@@ -138,6 +175,52 @@ impl Gateway {
             parts,
             Logged { inner: body, record }.boxed_unsync(),
         ))
+    }
+}
+
+impl Gateway {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+        identity: Option<(HeaderValue, HeaderValue)>,
+        record: &AccessRecord,
+        html: bool,
+    ) -> Response<ProxyBody> {
+        let fwd = Forwarding {
+            request_id,
+            identity,
+            bytes_in: record.bytes_in.clone(),
+        };
+        match self.proxy.forward(req, fwd).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.upstream_error(e.kind());
+                tracing::warn!(request_id = %record.request_id, error = %e, "upstream request failed");
+                let timeout = e.status() == StatusCode::GATEWAY_TIMEOUT;
+                let (code, title, message) = if timeout {
+                    (
+                        "upstream_timeout",
+                        "Bitbucket is not responding",
+                        "Bitbucket did not answer in time. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
+                    )
+                } else {
+                    (
+                        "upstream_unavailable",
+                        "Bitbucket is unavailable",
+                        "Bitbucket cannot be reached right now, perhaps because it is restarting. Wait a moment and reload the page; if it keeps happening, tell your Bitbucket administrator.",
+                    )
+                };
+                own(web::error_response(
+                    e.status(),
+                    code,
+                    title,
+                    message,
+                    &record.request_id,
+                    html,
+                ))
+            }
+        }
     }
 }
 

@@ -49,7 +49,12 @@ pub async fn serve(config: Config, public: TcpListener, admin: TcpListener, shut
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
     let gateway = Arc::new(Gateway::new(config.clone(), metrics.clone()));
-    let admin_handler = Arc::new(Admin::new(config.clone(), metrics.clone()));
+    let admin_handler = Arc::new(Admin::new(config.clone(), metrics.clone(), gateway.sso().clone()));
+    let loaders = if config.sso.enabled {
+        gateway.sso().providers.spawn_loaders()
+    } else {
+        Vec::new()
+    };
     for (name, listener) in [("public", &public), ("admin", &admin)] {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(listener = name, address = %addr, "listening");
@@ -129,6 +134,9 @@ pub async fn serve(config: Config, public: TcpListener, admin: TcpListener, shut
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
     let _ = admin_task.await;
+    for loader in loaders {
+        loader.abort();
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

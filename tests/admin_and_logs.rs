@@ -81,7 +81,7 @@ async fn one_access_event_per_request_and_no_secret_in_any_log_line() {
 }
 
 #[tokio::test]
-async fn with_sso_enabled_and_no_login_yet_requests_are_still_forwarded_with_hygiene() {
+async fn with_sso_enabled_api_requests_without_a_session_pass_anonymously_with_hygiene() {
     let upstream = spawn_echo_headers().await;
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\npublic_url = \"http://localhost:8080\"\n\
@@ -92,7 +92,7 @@ async fn with_sso_enabled_and_no_login_yet_requests_are_still_forwarded_with_hyg
     );
     let secret = "this-is-the-assertion-secret-0123456789";
     let proxy = ProxyProcess::start_with_env(&text, &[("TEST_ASSERTION_SECRET", secret)]);
-    let (status, _, body) = get(proxy.addr, "/projects", &[("x_forwarded_user", "admin")]).await;
+    let (status, _, body) = get(proxy.addr, "/rest/api/1.0/projects", &[("x_forwarded_user", "admin")]).await;
     assert_eq!(status, 200);
     let seen = echoed_headers(&serde_json::from_slice(&body).unwrap());
     assert!(!seen.iter().any(|(k, _)| k.replace('_', "-") == "x-forwarded-user"));

@@ -88,6 +88,8 @@ impl ForwardError {
 /// Per-request facts the forwarder needs.
 pub struct Forwarding<'a> {
     pub request_id: &'a HeaderValue,
+    /// The signed-in user's identity headers (username, assertion), set after every client copy is removed.
+    pub identity: Option<(HeaderValue, HeaderValue)>,
     /// Receives the count of request body bytes.
     pub bytes_in: Arc<AtomicU64>,
 }
@@ -100,13 +102,19 @@ pub struct Proxy {
     idle_timeout: Duration,
     trusted: Vec<IpNet>,
     hygiene: Hygiene,
+    identity_names: (http::HeaderName, http::HeaderName),
 }
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 impl Proxy {
     /// Builds the pooled client for `upstream`.
-    pub fn new(upstream: &Upstream, trusted: Vec<IpNet>, hygiene: Hygiene) -> Self {
+    pub fn new(
+        upstream: &Upstream,
+        trusted: Vec<IpNet>,
+        hygiene: Hygiene,
+        identity_names: (http::HeaderName, http::HeaderName),
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -138,6 +146,7 @@ impl Proxy {
             idle_timeout: upstream.idle_timeout,
             trusted,
             hygiene,
+            identity_names,
         }
     }
 
@@ -169,6 +178,10 @@ impl Proxy {
         };
         self.hygiene.strip_identity(&mut parts.headers);
         self.hygiene.strip_proxy_cookies(&mut parts.headers);
+        if let Some((user, assertion)) = fwd.identity {
+            parts.headers.insert(self.identity_names.0.clone(), user);
+            parts.headers.insert(self.identity_names.1.clone(), assertion);
+        }
         parts.headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
         if let Some(up) = &upgrade {
             headers::restore_upgrade(&mut parts.headers, up.clone());

@@ -2,6 +2,7 @@
 //!
 //! Log targets: `access` (one event per request), `audit` (security decisions), everything else is operational.
 
+pub mod audit;
 pub mod metrics;
 
 use thiserror::Error;

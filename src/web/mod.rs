@@ -1,5 +1,8 @@
 //! The proxy's own responses: short error pages for browsers, JSON for everyone else.
 
+pub mod return_path;
+pub mod sso;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
@@ -13,6 +16,120 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
+/// One of the proxy's own pages: a stable `code` (for JSON and logs), a title, a plain-words message that says
+/// what to do, an optional button, and an optional automatic continuation.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub status: StatusCode,
+    pub code: &'a str,
+    pub title: &'a str,
+    pub message: &'a str,
+    /// Button label and target.
+    pub action: Option<(&'a str, &'a str)>,
+    /// Continue to this target after some seconds (a `<meta refresh>`, no script).
+    pub refresh: Option<(u32, &'a str)>,
+}
+
+impl<'a> Page<'a> {
+    /// A page with no button.
+    pub fn new(status: StatusCode, code: &'a str, title: &'a str, message: &'a str) -> Self {
+        Page {
+            status,
+            code,
+            title,
+            message,
+            action: None,
+            refresh: None,
+        }
+    }
+
+    /// Adds a button.
+    pub fn action(mut self, label: &'a str, href: &'a str) -> Self {
+        self.action = Some((label, href));
+        self
+    }
+
+    /// Continues automatically after `seconds`.
+    pub fn refresh(mut self, seconds: u32, href: &'a str) -> Self {
+        self.refresh = Some((seconds, href));
+        self
+    }
+
+    /// The response: HTML for browsers, JSON otherwise, never cached.
+    pub fn render(&self, request_id: &str, html: bool) -> Response<Full<Bytes>> {
+        let (body, content_type) = if html {
+            (self.html(request_id), "text/html; charset=utf-8")
+        } else {
+            let json = format!(
+                "{{\"error\":{},\"message\":{},\"status\":{},\"request_id\":{}}}",
+                json_string(self.code),
+                json_string(self.message),
+                self.status.as_u16(),
+                json_string(request_id)
+            );
+            (json, "application/json")
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+            ),
+        );
+        response
+    }
+
+    fn html(&self, request_id: &str) -> String {
+        let refresh = self
+            .refresh
+            .map(|(s, href)| {
+                format!(
+                    "<meta http-equiv=\"refresh\" content=\"{s}; url={}\">",
+                    escape_html(href)
+                )
+            })
+            .unwrap_or_default();
+        let action = self
+            .action
+            .map(|(label, href)| {
+                format!(
+                    "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+                    escape_html(href),
+                    escape_html(label)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}
+<title>{title}</title>
+<style>
+body{{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f5f7;color:#172b4d}}
+main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(9,30,66,.25)}}
+h1{{font-size:1.4rem;margin:0 0 .75rem}} p{{margin:.5rem 0}} .ref{{color:#5e6c84;font-size:.85rem;margin-top:1.5rem}}
+.button{{display:inline-block;margin-top:.75rem;padding:.5rem 1rem;border-radius:4px;background:#0052cc;color:#fff;text-decoration:none}}
+.button:focus,.button:hover{{background:#0747a6;outline:2px solid #4c9aff}}
+</style></head>
+<body><main><h1>{title}</h1><p>{message}</p>{action}<p class="ref">{label}reference <code>{request_id}</code></p></main></body></html>
+"#,
+            title = escape_html(self.title),
+            message = escape_html(self.message),
+            label = if self.status.as_u16() >= 400 {
+                format!("Error {} · ", self.status.as_u16())
+            } else {
+                String::new()
+            },
+            request_id = escape_html(request_id),
+        )
+    }
+}
+
 /// An error answered by the proxy itself: a stable `code`, a title and a plain-words message with what to do.
 pub fn error_response(
     status: StatusCode,
@@ -22,51 +139,7 @@ pub fn error_response(
     request_id: &str,
     html: bool,
 ) -> Response<Full<Bytes>> {
-    let (body, content_type) = if html {
-        (
-            error_page(status, title, message, request_id),
-            "text/html; charset=utf-8",
-        )
-    } else {
-        let json = format!(
-            "{{\"error\":{},\"message\":{},\"status\":{},\"request_id\":{}}}",
-            json_string(code),
-            json_string(message),
-            status.as_u16(),
-            json_string(request_id)
-        );
-        (json, "application/json")
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
-    );
-    response
-}
-
-fn error_page(status: StatusCode, title: &str, message: &str, request_id: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body{{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f5f7;color:#172b4d}}
-main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(9,30,66,.25)}}
-h1{{font-size:1.4rem;margin:0 0 .75rem}} p{{margin:.5rem 0}} .ref{{color:#5e6c84;font-size:.85rem}}
-</style></head>
-<body><main><h1>{title}</h1><p>{message}</p><p class="ref">Error {code} · reference <code>{request_id}</code></p></main></body></html>
-"#,
-        title = escape_html(title),
-        message = escape_html(message),
-        code = status.as_u16(),
-        request_id = escape_html(request_id),
-    )
+    Page::new(status, code, title, message).render(request_id, html)
 }
 
 /// Escapes text for HTML element content and attribute values.

@@ -1,0 +1,31 @@
+//! Audit events (`target = "audit"`): one per sign-in success or failure, logout, and session ended by
+//! revalidation. Stable `event` and `reason` fields; never a token, cookie or secret.
+
+use std::net::IpAddr;
+
+/// Who and where, for every audit event.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub request_id: &'a str,
+    pub client_ip: IpAddr,
+}
+
+/// A user signed in.
+pub fn login_success(o: Origin<'_>, user: &str, provider: &str, subject: &str, elapsed_ms: i64) {
+    tracing::info!(target: "audit", event = "login_success", user, provider, subject, elapsed_ms, request_id = o.request_id, client_ip = %o.client_ip, "sign-in succeeded");
+}
+
+/// A sign-in was refused; `reason` is a stable code, `message` what the user was told.
+pub fn login_failure(o: Origin<'_>, reason: &str, message: &str, provider: Option<&str>, detail: &str) {
+    tracing::warn!(target: "audit", event = "login_failure", reason, message, provider, detail, request_id = o.request_id, client_ip = %o.client_ip, "sign-in refused");
+}
+
+/// A user signed out (or an anonymous logout request).
+pub fn logout(o: Origin<'_>, user: Option<&str>, provider: Option<&str>) {
+    tracing::info!(target: "audit", event = "logout", user, provider, request_id = o.request_id, client_ip = %o.client_ip, "signed out");
+}
+
+/// A session ended because the provider no longer vouches for the user.
+pub fn session_ended(o: Origin<'_>, user: &str, provider: &str, reason: &str) {
+    tracing::warn!(target: "audit", event = "session_ended", user, provider, reason, request_id = o.request_id, client_ip = %o.client_ip, "session ended by revalidation");
+}

@@ -1,0 +1,765 @@
+//! The sign-in endpoints under `/sso/`: login start, callback, logout, logged-out; and the session checks the
+//! gateway runs on every forwarded request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+use super::Page;
+use super::return_path::safe_return_path;
+use crate::config::Config;
+use crate::identity::Asserter;
+use crate::oidc::client::{self, RefreshError};
+use crate::oidc::{Logout, ProviderRuntime, Providers, flow};
+use crate::session::cookies::{self, CookieNames, MAX_PENDING_LOGINS};
+use crate::session::keyring::Keyring;
+use crate::session::revalidate::{Outcome, Revalidator};
+use crate::session::{self, PENDING_LOGIN_SECS, PendingLogin, Session, Verdict};
+use crate::telemetry::audit::{self, Origin};
+
+/// Bitbucket's own cookies, expired at logout.
+const BITBUCKET_COOKIES: [&str; 2] = ["BITBUCKETSESSIONID", "_atl_bitbucket_remember_me"];
+
+/// Per-request facts for the handlers.
+pub struct Ctx<'a> {
+    pub request_id: &'a str,
+    pub client_ip: IpAddr,
+    pub html: bool,
+}
+
+impl Ctx<'_> {
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            request_id: self.request_id,
+            client_ip: self.client_ip,
+        }
+    }
+}
+
+/// The sign-in machinery of one configuration.
+pub struct Sso {
+    config: Arc<Config>,
+    pub providers: Providers,
+    ring: Keyring,
+    pub names: CookieNames,
+    asserter: Option<Asserter>,
+    revalidator: Revalidator,
+    redirect_uri: String,
+    logged_out_uri: String,
+}
+
+/// A session found on a request, with what must happen to its cookie.
+pub struct Found {
+    pub session: Session,
+    /// Re-issue the cookie (activity recorded, or revalidation changed it).
+    pub reissue: bool,
+}
+
+/// The outcome of looking for a session.
+pub enum Lookup {
+    None,
+    Valid(Found),
+    /// There was a cookie but it no longer counts: clear it.
+    Ended,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+impl Sso {
+    /// Prepares providers, keys and names; starts nothing.
+    pub fn new(config: Arc<Config>) -> Self {
+        let base = config.server.public_url.as_str().trim_end_matches('/').to_owned();
+        let secure = config.server.public_url.scheme() == "https";
+        Sso {
+            providers: Providers::new(&config.providers),
+            ring: Keyring::new(&config.session.keys),
+            names: CookieNames::new(&config.session.cookie_name, secure),
+            asserter: config
+                .identity
+                .assertion_secret
+                .as_ref()
+                .map(|s| Asserter::new(&config.server.public_url, s.expose(), config.identity.assertion_ttl)),
+            revalidator: Revalidator::default(),
+            redirect_uri: format!("{base}/sso/callback"),
+            logged_out_uri: format!("{base}/sso/logged-out"),
+            config,
+        }
+    }
+
+    /// Answers a request for `/sso/...`.
+    pub async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        ctx: &Ctx<'_>,
+    ) -> Reply {
+        let path = crate::route::normalize_path(path);
+        match (method.as_str(), path.as_str()) {
+            ("GET" | "HEAD", "/sso/login") => self.login(query, headers, ctx),
+            ("GET", "/sso/callback") => self.callback(query, headers, ctx).await,
+            ("GET" | "POST", "/sso/logout") => self.logout(headers, ctx).await,
+            ("GET" | "HEAD", "/sso/logged-out") => self.logged_out(ctx),
+            _ => Page::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Page not found",
+                "This address belongs to the sign-in proxy and has no page. Go back to Bitbucket's home page.",
+            )
+            .action("Go to Bitbucket", "/")
+            .render(ctx.request_id, ctx.html),
+        }
+    }
+
+    fn fail(&self, ctx: &Ctx<'_>, page: Page<'_>, provider: Option<&str>, detail: &str) -> Reply {
+        audit::login_failure(ctx.origin(), page.code, page.message, provider, detail);
+        page.render(ctx.request_id, ctx.html)
+    }
+
+    /// `/sso/login`: starts the authorization-code flow at the provider.
+    fn login(&self, query: Option<&str>, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
+        if !self.config.sso.enabled {
+            return Page::new(
+                StatusCode::NOT_FOUND,
+                "sso_disabled",
+                "Single sign-on is switched off",
+                "Sign in with Bitbucket's own login page.",
+            )
+            .action("Go to Bitbucket's login", "/login")
+            .render(ctx.request_id, ctx.html);
+        }
+        let params = QueryParams::parse(query);
+        let return_to = safe_return_path(params.first("rd").unwrap_or("/"), &self.config.server.public_url);
+        let wanted = params
+            .first("provider")
+            .map(str::to_owned)
+            .or_else(|| self.config.sso.default_provider.clone());
+        let Some(provider) = wanted.as_deref().and_then(|id| self.providers.get(id)) else {
+            let page = Page::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_provider",
+                "Unknown sign-in provider",
+                "The sign-in link names a provider this site does not use. Start again from Bitbucket's home page.",
+            )
+            .action("Go to Bitbucket", "/");
+            return self.fail(ctx, page, wanted.as_deref(), "no such provider");
+        };
+        let Some(endpoints) = provider.endpoints().filter(|_| provider.is_ready()) else {
+            let page = Page::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", "Sign-in is unavailable right now", "The sign-in service cannot be reached at the moment. Wait a minute and try again; if it keeps happening, tell your Bitbucket administrator.")
+                .action("Try again", "/sso/login");
+            return self.fail(ctx, page, Some(&provider.config.id), "discovery or keys not loaded");
+        };
+        let now = session::now();
+        let pending = PendingLogin {
+            state: flow::random_token(32),
+            nonce: flow::random_token(32),
+            pkce_verifier: flow::random_token(32),
+            return_to,
+            provider: provider.config.id.clone(),
+            started_at: now,
+            remember_me: params
+                .first("remember_me")
+                .is_some_and(|v| v == "1" || v == "on" || v == "true"),
+        };
+        let target = flow::authorization_url(
+            &endpoints.authorization,
+            &provider.config.client_id,
+            &self.redirect_uri,
+            &provider.config.scopes,
+            &pending.state,
+            &pending.nonce,
+            &pending.pkce_verifier,
+        );
+        let mut response = redirect(target.as_str());
+        let h = response.headers_mut();
+        // A new sign-in never reuses an old session (no fixation).
+        if cookies::get(headers, &self.names.session).is_some() {
+            push_cookie(h, self.names.clear(&self.names.session));
+        }
+        for stale in self.surplus_pending(headers, now) {
+            push_cookie(h, self.names.clear(&stale));
+        }
+        let name = self.names.pending(&pending.state);
+        push_cookie(
+            h,
+            self.names.seal(&self.ring, &name, &pending, Some(PENDING_LOGIN_SECS)),
+        );
+        response
+    }
+
+    /// Pending-login cookies to drop so that at most `MAX_PENDING_LOGINS` remain with the new one.
+    fn surplus_pending(&self, headers: &HeaderMap, now: i64) -> Vec<String> {
+        let mut found: Vec<(i64, String)> = cookies::pairs(headers)
+            .filter(|(n, _)| n.starts_with(&self.names.pending_prefix))
+            .map(|(n, _)| {
+                let started = cookies::open::<PendingLogin>(headers, &self.ring, n)
+                    .filter(|p| now - p.started_at < PENDING_LOGIN_SECS)
+                    .map(|p| p.started_at)
+                    .unwrap_or(i64::MIN);
+                (started, n.to_owned())
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (started, _))| *i + 1 >= MAX_PENDING_LOGINS || *started == i64::MIN)
+            .map(|(_, (_, n))| n)
+            .collect()
+    }
+
+    /// `/sso/callback`: the provider sends the browser back here with a code (or an error).
+    async fn callback(&self, query: Option<&str>, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
+        let params = QueryParams::parse(query);
+        for name in ["state", "code", "error", "iss"] {
+            if params.count(name) > 1 {
+                let page = Page::new(
+                    StatusCode::BAD_REQUEST,
+                    "duplicate_parameter",
+                    "This sign-in link is not valid",
+                    "The link that brought you here was altered. Start the sign-in again from Bitbucket.",
+                )
+                .action("Sign in again", "/sso/login");
+                return self.fail(ctx, page, None, &format!("parameter {name} appears more than once"));
+            }
+        }
+        let state = params.first("state").unwrap_or("");
+        let pending_name = self.names.pending(state);
+        let pending = (!state.is_empty())
+            .then(|| cookies::open::<PendingLogin>(headers, &self.ring, &pending_name))
+            .flatten()
+            .filter(|p| crate::oidc::id_token::constant_time_eq(p.state.as_bytes(), state.as_bytes()));
+        let now = session::now();
+
+        if let Some(error) = params.first("error") {
+            let description = params.first("error_description").unwrap_or("");
+            let (status, title, message) = provider_error_meaning(error);
+            let page = Page::new(status, "provider_error", title, message).action("Try again", "/sso/login");
+            let mut response = self.fail(
+                ctx,
+                page,
+                pending.as_ref().map(|p| p.provider.as_str()),
+                &format!("{error}: {description}"),
+            );
+            if pending.is_some() {
+                push_cookie(response.headers_mut(), self.names.clear(&pending_name));
+            }
+            return response;
+        }
+
+        let Some(pending) = pending.filter(|p| now - p.started_at < PENDING_LOGIN_SECS) else {
+            return self.restart(
+                headers,
+                ctx,
+                if state.is_empty() {
+                    "state_missing"
+                } else {
+                    "state_unknown_or_expired"
+                },
+            );
+        };
+        let provider_id = pending.provider.clone();
+        let Some(provider) = self.providers.get(&provider_id) else {
+            return self.restart(headers, ctx, "state_unknown_or_expired");
+        };
+        match self.finish(provider, &pending, &params, ctx, now).await {
+            Ok(mut response) => {
+                let h = response.headers_mut();
+                push_cookie(h, self.names.clear(&pending_name));
+                if cookies::get(headers, &self.names.restarted).is_some() {
+                    push_cookie(h, self.names.clear(&self.names.restarted));
+                }
+                response
+            }
+            Err(mut response) => {
+                push_cookie(response.headers_mut(), self.names.clear(&pending_name));
+                response
+            }
+        }
+    }
+
+    /// A missing, unknown or expired state: restart the sign-in once, with a page that says so; never a loop.
+    fn restart(&self, headers: &HeaderMap, ctx: &Ctx<'_>, reason: &str) -> Reply {
+        if cookies::get(headers, &self.names.restarted).is_some() {
+            let page = Page::new(
+                StatusCode::BAD_REQUEST,
+                reason,
+                "Sign-in could not be completed",
+                "Your browser did not keep the sign-in cookie, so the sign-in cannot be finished. Allow cookies for this site, close other sign-in tabs, and try again.",
+            )
+            .action("Try again", "/sso/login");
+            let mut response = self.fail(ctx, page, None, "second failure after a restart");
+            push_cookie(response.headers_mut(), self.names.clear(&self.names.restarted));
+            return response;
+        }
+        let page = Page::new(
+            StatusCode::OK,
+            reason,
+            "Your sign-in has to start again",
+            "The sign-in took too long, or was started in another tab or browser. It starts again in a moment.",
+        )
+        .action("Start again now", "/sso/login")
+        .refresh(2, "/sso/login");
+        let mut response = self.fail(ctx, page, None, "restarting once");
+        push_cookie(
+            response.headers_mut(),
+            self.names.set(&self.names.restarted, "1", Some(PENDING_LOGIN_SECS)),
+        );
+        response
+    }
+
+    /// Exchanges the code, validates the tokens and opens the session.
+    async fn finish(
+        &self,
+        provider: &Arc<ProviderRuntime>,
+        pending: &PendingLogin,
+        params: &QueryParams,
+        ctx: &Ctx<'_>,
+        now: i64,
+    ) -> Result<Reply, Reply> {
+        let pid = provider.config.id.as_str();
+        let try_again = |code, title, message| {
+            Page::new(StatusCode::BAD_GATEWAY, code, title, message).action("Try again", "/sso/login")
+        };
+        let Some(endpoints) = provider.endpoints() else {
+            let page = Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "Sign-in is unavailable right now",
+                "The sign-in service cannot be reached at the moment. Wait a minute and try again.",
+            )
+            .action("Try again", "/sso/login");
+            return Err(self.fail(ctx, page, Some(pid), "discovery not loaded"));
+        };
+        if let Some(iss) = params.first("iss")
+            && iss.trim_end_matches('/') != endpoints.issuer.trim_end_matches('/')
+        {
+            let page = Page::new(StatusCode::BAD_REQUEST, "issuer_mismatch", "This sign-in link is not valid", "The answer came from a different sign-in service than the one you were sent to. Start again from Bitbucket.")
+                .action("Sign in again", "/sso/login");
+            return Err(self.fail(ctx, page, Some(pid), "iss parameter differs from the provider's issuer"));
+        }
+        let Some(code) = params.first("code").filter(|c| !c.is_empty()) else {
+            let page = Page::new(
+                StatusCode::BAD_REQUEST,
+                "code_missing",
+                "This sign-in link is not valid",
+                "The sign-in service sent you back without a result. Start the sign-in again.",
+            )
+            .action("Sign in again", "/sso/login");
+            return Err(self.fail(ctx, page, Some(pid), "no code parameter"));
+        };
+        let tokens = match client::exchange_code(
+            &provider.http,
+            &provider.config,
+            &endpoints.token,
+            code,
+            &pending.pkce_verifier,
+            &self.redirect_uri,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let page = try_again(
+                    "token_exchange_failed",
+                    "Sign-in could not be completed",
+                    "The sign-in service did not confirm your sign-in. Try again; if it keeps happening, tell your Bitbucket administrator.",
+                );
+                return Err(self.fail(ctx, page, Some(pid), &e.to_string()));
+            }
+        };
+        let Some(id_token) = tokens.id_token.as_deref() else {
+            let page = try_again(
+                "id_token_missing",
+                "Sign-in could not be completed",
+                "The sign-in service sent no identity. Tell your Bitbucket administrator (the provider must grant the openid scope).",
+            );
+            return Err(self.fail(ctx, page, Some(pid), "token response without id_token"));
+        };
+        let mut claims = match provider
+            .validate_id_token(id_token, &pending.nonce, tokens.access_token.as_deref())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let code = format!("id_token_{}", e.code());
+                let page = Page::new(StatusCode::UNAUTHORIZED, &code, "Your sign-in could not be verified", "The identity sent by the sign-in service failed a security check, so you were not signed in. Try again; if it keeps happening, tell your Bitbucket administrator and give them the reference below.")
+                    .action("Try again", "/sso/login");
+                return Err(self.fail(ctx, page, Some(pid), &e.to_string()));
+            }
+        };
+        if provider.config.userinfo
+            && let (Some(url), Some(access)) = (&endpoints.userinfo, tokens.access_token.as_deref())
+        {
+            match client::userinfo(&provider.http, url, access).await {
+                Ok(extra) if extra.get("sub") == claims.get("sub") => {
+                    for (k, v) in extra {
+                        claims.entry(k).or_insert(v);
+                    }
+                }
+                Ok(_) => {
+                    let page = try_again(
+                        "userinfo_subject_mismatch",
+                        "Sign-in could not be completed",
+                        "The sign-in service gave two different identities. Tell your Bitbucket administrator.",
+                    );
+                    return Err(self.fail(ctx, page, Some(pid), "userinfo sub differs from the ID token's"));
+                }
+                Err(e) => {
+                    let page = try_again(
+                        "userinfo_failed",
+                        "Sign-in could not be completed",
+                        "Your profile could not be read from the sign-in service. Try again in a minute.",
+                    );
+                    return Err(self.fail(ctx, page, Some(pid), &e.to_string()));
+                }
+            }
+        }
+        normalize_claims(&mut claims);
+        let mapping = &self.config.mapping;
+        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let Some(username) = string_claim(&claims, &mapping.username_claim) else {
+            let message = "The sign-in service did not say which Bitbucket user you are. Tell your Bitbucket administrator (the username claim is missing).";
+            let page = Page::new(
+                StatusCode::FORBIDDEN,
+                "username_missing",
+                "You cannot be signed in",
+                message,
+            );
+            return Err(self.fail(
+                ctx,
+                page,
+                Some(pid),
+                &format!("claim {} missing or empty", mapping.username_claim),
+            ));
+        };
+        let display_name = match &mapping.display_name {
+            crate::config::DisplayNameClaims::Single(c) => string_claim(&claims, c),
+            crate::config::DisplayNameClaims::FirstLast { first, last } => {
+                let joined = [string_claim(&claims, first), string_claim(&claims, last)]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (!joined.is_empty()).then_some(joined)
+            }
+        };
+        let lifetime = if pending.remember_me {
+            self.config.session.remember_me_lifetime
+        } else {
+            self.config.session.lifetime
+        };
+        let new_session = Session {
+            id: flow::random_token(16),
+            username: username.clone(),
+            email: string_claim(&claims, &mapping.email_claim),
+            display_name,
+            provider: pid.to_owned(),
+            subject: subject.clone(),
+            auth_time: claims.get("auth_time").and_then(Value::as_i64).unwrap_or(now),
+            issued_at: now,
+            expires_at: now.saturating_add(session::secs(lifetime)),
+            last_active: now,
+            revalidated_at: now,
+            refresh_token: self.config.session.revalidate_every.and(tokens.refresh_token.clone()),
+            remember_me: pending.remember_me,
+        };
+        let Some(cookie) = self.session_cookie(&new_session) else {
+            let page = try_again(
+                "session_not_stored",
+                "Sign-in could not be completed",
+                "Your session could not be stored. Tell your Bitbucket administrator.",
+            );
+            return Err(self.fail(ctx, page, Some(pid), "session cookie could not be sealed"));
+        };
+        audit::login_success(
+            ctx.origin(),
+            &username,
+            pid,
+            &subject,
+            (now - pending.started_at) * 1000,
+        );
+        let mut response = redirect(&pending.return_to);
+        push_cookie(response.headers_mut(), Some(cookie));
+        Ok(response)
+    }
+
+    /// The `Set-Cookie` for a session; drops the refresh token if the cookie would be too big.
+    pub fn session_cookie(&self, s: &Session) -> Option<HeaderValue> {
+        let max_age = s.remember_me.then(|| s.expires_at - session::now());
+        self.names.seal(&self.ring, &self.names.session, s, max_age).or_else(|| {
+            let mut smaller = s.clone();
+            smaller.refresh_token = None;
+            tracing::warn!(user = %s.username, "session too large for a cookie with the refresh token; revalidation is off for it");
+            self.names.seal(&self.ring, &self.names.session, &smaller, max_age)
+        })
+    }
+
+    /// `/sso/logout` and Bitbucket's `/j_atl_security_logout`: end every session, then the provider's.
+    pub async fn logout(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
+        let found: Option<Session> = cookies::open(headers, &self.ring, &self.names.session);
+        let provider = found
+            .as_ref()
+            .map(|s| s.provider.clone())
+            .or_else(|| self.config.sso.default_provider.clone())
+            .and_then(|id| self.providers.get(&id).cloned());
+        if let (Some(s), Some(p)) = (&found, &provider)
+            && let (Some(rt), Some(endpoints)) = (&s.refresh_token, p.endpoints())
+            && let Some(url) = &endpoints.revocation
+            && let Err(e) = client::revoke(&p.http, &p.config, url, rt).await
+        {
+            tracing::warn!(user = %s.username, error = %e, "refresh token revocation failed");
+        }
+        audit::logout(
+            ctx.origin(),
+            found.as_ref().map(|s| s.username.as_str()),
+            found.as_ref().map(|s| s.provider.as_str()),
+        );
+        let target = provider
+            .as_ref()
+            .filter(|_| found.is_some())
+            .and_then(|p| {
+                p.endpoints()
+                    .and_then(|e| e.logout.clone())
+                    .map(|l| (p.config.client_id.clone(), l))
+            })
+            .map(|(client_id, logout)| {
+                let (mut url, param) = match logout {
+                    Logout::Cognito(u) => (u, "logout_uri"),
+                    Logout::Standard(u) => (u, "post_logout_redirect_uri"),
+                };
+                url.query_pairs_mut()
+                    .append_pair("client_id", &client_id)
+                    .append_pair(param, &self.logged_out_uri);
+                url.to_string()
+            })
+            .unwrap_or_else(|| "/sso/logged-out".to_owned());
+        let mut response = redirect(&target);
+        let h = response.headers_mut();
+        push_cookie(h, self.names.clear(&self.names.session));
+        let pending: Vec<String> = cookies::pairs(headers)
+            .filter(|(n, _)| n.starts_with(&self.names.pending_prefix))
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        for name in pending {
+            push_cookie(h, self.names.clear(&name));
+        }
+        for name in BITBUCKET_COOKIES {
+            push_cookie(
+                h,
+                HeaderValue::from_str(&format!("{name}=; Path=/; Max-Age=0; HttpOnly")).ok(),
+            );
+        }
+        response
+    }
+
+    /// `/sso/logged-out`: where the provider's logout returns.
+    fn logged_out(&self, ctx: &Ctx<'_>) -> Reply {
+        if let Some(url) = &self.config.ui.post_logout_url {
+            return redirect(url.as_str());
+        }
+        Page::new(StatusCode::OK, "logged_out", "You are signed out", "You have signed out of Bitbucket and of the sign-in service. Close the browser if others use this computer.")
+            .action("Sign in again", "/")
+            .render(ctx.request_id, true)
+    }
+
+    /// Finds and checks the session of a request; revalidates at the provider when due.
+    pub async fn session(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Lookup {
+        if cookies::get(headers, &self.names.session).is_none() {
+            return Lookup::None;
+        }
+        let Some(mut s) = cookies::open::<Session>(headers, &self.ring, &self.names.session) else {
+            return Lookup::Ended;
+        };
+        let now = session::now();
+        let (mut reissue, revalidate) = match session::verdict(&s, now, &self.config.session) {
+            Verdict::Valid { touch, revalidate } => (touch, revalidate),
+            Verdict::Unverified => {
+                audit::session_ended(ctx.origin(), &s.username, &s.provider, "revalidation_overdue");
+                return Lookup::Ended;
+            }
+            Verdict::Expired | Verdict::Idle => return Lookup::Ended,
+        };
+        if revalidate {
+            match self.revalidate(&s, now).await {
+                Outcome::Confirmed { at, refresh_token } => {
+                    s.revalidated_at = at;
+                    if let Some(rt) = refresh_token {
+                        s.refresh_token = Some(rt);
+                    }
+                    reissue = true;
+                }
+                Outcome::Refused { reason } => {
+                    audit::session_ended(
+                        ctx.origin(),
+                        &s.username,
+                        &s.provider,
+                        &format!("provider_refused: {reason}"),
+                    );
+                    return Lookup::Ended;
+                }
+                Outcome::Unavailable { reason } => {
+                    tracing::warn!(user = %s.username, provider = %s.provider, reason = %reason, "revalidation postponed: provider unavailable");
+                }
+            }
+        }
+        if reissue {
+            s.last_active = now;
+        }
+        Lookup::Valid(Found { session: s, reissue })
+    }
+
+    async fn revalidate(&self, s: &Session, now: i64) -> Outcome {
+        let (Some(provider), Some(rt)) = (self.providers.get(&s.provider), s.refresh_token.clone()) else {
+            return Outcome::Refused {
+                reason: "provider no longer configured".into(),
+            };
+        };
+        self.revalidator
+            .run(&s.id, now, || async move {
+                let Some(endpoints) = provider.endpoints() else {
+                    return Outcome::Unavailable {
+                        reason: "provider not loaded".into(),
+                    };
+                };
+                match client::refresh(&provider.http, &provider.config, &endpoints.token, &rt).await {
+                    Ok(tokens) => Outcome::Confirmed {
+                        at: session::now(),
+                        refresh_token: tokens.refresh_token.filter(|new| *new != rt),
+                    },
+                    Err(RefreshError::Refused(reason)) => Outcome::Refused { reason },
+                    Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
+                }
+            })
+            .await
+    }
+
+    /// The identity headers for a session: the username and a fresh assertion.
+    pub fn identity_values(&self, s: &Session) -> Option<(HeaderValue, HeaderValue)> {
+        let assertion = self.asserter.as_ref()?.mint(
+            &s.username,
+            s.email.as_deref(),
+            s.display_name.as_deref(),
+            session::now(),
+        )?;
+        Some((
+            HeaderValue::from_str(&s.username).ok()?,
+            HeaderValue::from_str(&assertion).ok()?,
+        ))
+    }
+
+    /// The `Set-Cookie` that deletes the session cookie.
+    pub fn clear_session_cookie(&self) -> Option<HeaderValue> {
+        self.names.clear(&self.names.session)
+    }
+}
+
+/// What a provider's `error` means for the user.
+fn provider_error_meaning(error: &str) -> (StatusCode, &'static str, &'static str) {
+    match error {
+        "access_denied" => (
+            StatusCode::FORBIDDEN,
+            "Sign-in was cancelled or refused",
+            "You cancelled the sign-in, or the sign-in service does not allow you to use Bitbucket. If you should have access, ask your administrator.",
+        ),
+        "login_required" | "interaction_required" | "consent_required" => (
+            StatusCode::UNAUTHORIZED,
+            "Please sign in",
+            "The sign-in service needs you to sign in again. Try again.",
+        ),
+        "temporarily_unavailable" | "server_error" => (
+            StatusCode::BAD_GATEWAY,
+            "The sign-in service has a problem",
+            "The sign-in service could not complete your sign-in right now. Wait a minute and try again.",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The sign-in service reported a problem with this site's configuration. Tell your Bitbucket administrator and give them the reference below.",
+        ),
+    }
+}
+
+/// Accepts `email_verified` as the string `"true"` (Cognito's userInfo) as well as a boolean.
+fn normalize_claims(claims: &mut crate::oidc::id_token::Claims) {
+    if let Some(v) = claims.get_mut("email_verified")
+        && let Some(s) = v.as_str()
+    {
+        *v = Value::Bool(s.eq_ignore_ascii_case("true"));
+    }
+}
+
+/// A non-empty string claim.
+fn string_claim(claims: &crate::oidc::id_token::Claims, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// A 302 to `location`, never cached.
+pub fn redirect(location: &str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn push_cookie(headers: &mut HeaderMap, value: Option<HeaderValue>) {
+    if let Some(v) = value {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Query parameters, keeping duplicates visible.
+struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    fn parse(query: Option<&str>) -> Self {
+        QueryParams(
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn first(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.0.iter().filter(|(k, _)| k == name).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_verified_string_is_accepted() {
+        let mut c = serde_json::Map::new();
+        c.insert("email_verified".into(), Value::String("true".into()));
+        normalize_claims(&mut c);
+        assert_eq!(c["email_verified"], Value::Bool(true));
+    }
+
+    #[test]
+    fn duplicate_parameters_are_counted() {
+        let q = QueryParams::parse(Some("state=a&code=b&state=c"));
+        assert_eq!(q.count("state"), 2);
+        assert_eq!(q.first("state"), Some("a"));
+    }
+}
