@@ -125,10 +125,7 @@ mod tests {
             ring.open("bbsso", &URL_SAFE_NO_PAD.encode(&bytes)),
             Err(OpenError::Unauthentic)
         );
-        assert_eq!(
-            ring.open("bbsso", &sealed[..sealed.len() - 4]),
-            Err(OpenError::Unauthentic)
-        );
+        assert!(ring.open("bbsso", &sealed[..sealed.len() - 4]).is_err(), "truncated");
         for garbage in ["", "a", "!!!!", "AAAA", &"A".repeat(10_000)] {
             assert!(ring.open("bbsso", garbage).is_err());
         }
