@@ -1,6 +1,8 @@
 //! Test harness: the real proxy binary on real sockets, and small upstreams written with hyper.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -85,7 +87,7 @@ impl ProxyProcess {
                     {
                         let _ = tx.send((l.to_owned(), addr));
                     }
-                    logs.lock().unwrap().push(line);
+                    logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
                 }
             });
         }
@@ -93,7 +95,9 @@ impl ProxyProcess {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    logs.lock().unwrap().push(format!("stderr: {line}"));
+                    logs.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("stderr: {line}"));
                 }
             });
         }
@@ -104,7 +108,12 @@ impl ProxyProcess {
                 Ok((_, a)) => admin = Some(a),
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("proxy did not start; output:\n{}", logs.lock().unwrap().join("\n"));
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "proxy did not start; output:\n{}",
+                        logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+                    );
                 }
             }
         }
@@ -119,13 +128,13 @@ impl ProxyProcess {
 
     /// Everything the proxy has written so far.
     pub fn log_text(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
     }
 
     /// Waits until a log line satisfies `pred` and returns it.
     pub fn wait_for_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         for _ in 0..200 {
-            for line in self.logs.lock().unwrap().iter() {
+            for line in self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
                     && pred(&v)
                 {

@@ -1,0 +1,276 @@
+//! Sign-in test pieces: the real OpenID provider (node, panva/oidc-provider), a Bitbucket stand-in that checks
+//! the identity headers, and a browser-like HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::json;
+
+use super::{Body, full, spawn_upstream};
+
+pub const ASSERTION_SECRET: &str = "test-assertion-secret-0123456789abcdef";
+pub const SESSION_KEY: &str = "q0Wbkz8pQfN3v0G9eUu7bBq8JrYI7bqZ2mXwVt5s1lY=";
+pub const CLIENT_ID: &str = "bbsso-client";
+pub const CLIENT_SECRET: &str = "bbsso-client-secret";
+
+/// A free loopback port (the proxy's public URL must be known before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real provider process; killed when dropped.
+pub struct RealProvider {
+    child: Child,
+    pub issuer: String,
+}
+
+impl RealProvider {
+    /// Starts the Cognito-shaped provider for a proxy on `proxy_port`.
+    pub fn start(proxy_port: u16, env: &[(&str, &str)]) -> Self {
+        let dir = super::repo_path("tests/provider");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "run `bash scripts/setup` first: tests/provider/node_modules is missing"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .env("CLIENT_ID", CLIENT_ID)
+            .env("CLIENT_SECRET", CLIENT_SECRET)
+            .env("REDIRECT_URIS", format!("http://127.0.0.1:{proxy_port}/sso/callback"))
+            .env("LOGOUT_URIS", format!("http://127.0.0.1:{proxy_port}/sso/logged-out"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("provider output");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+        RealProvider {
+            child,
+            issuer: v["issuer"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn set_enabled(&self, user: &str, enabled: bool) {
+        let action = if enabled { "enable" } else { "disable" };
+        reqwest::Client::new()
+            .post(format!("{}/test/users/{user}/{action}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn refreshes(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/test/refreshes", self.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["refreshes"].as_u64().unwrap()
+    }
+}
+
+impl Drop for RealProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy configuration with SSO on, in front of `upstream`, for a provider at `issuer`.
+pub fn sso_config(
+    port: u16,
+    upstream: SocketAddr,
+    issuer: &str,
+    kind: &str,
+    extra_provider: &str,
+    rest: &str,
+) -> String {
+    let domain = if kind == "cognito" {
+        format!("cognito_domain = \"{issuer}\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:{port}"
+
+[upstream]
+url = "http://{upstream}"
+
+[identity]
+assertion_secret = "{ASSERTION_SECRET}"
+
+[session]
+keys = ["{SESSION_KEY}"]
+{session_extra}
+
+[[providers]]
+id = "idp"
+kind = "{kind}"
+issuer = "{issuer}"
+{domain}client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+{extra_provider}
+
+{rest}
+"#,
+        session_extra = "revalidate_every = \"2s\""
+    )
+}
+
+/// A Bitbucket stand-in that reports who the proxy says the user is, after verifying the assertion as the
+/// companion authenticator would (HS256, aud, iss, exp, `sub` = username header).
+pub async fn spawn_identity_upstream(public_url: String) -> SocketAddr {
+    spawn_upstream(move |req: Request<Incoming>| {
+        let public_url = public_url.clone();
+        async move {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(identity_report(&req, &public_url))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+fn identity_report(req: &Request<Incoming>, public_url: &str) -> Body {
+    let user = req
+        .headers()
+        .get("x-forwarded-user")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let assertion = req.headers().get("x-bbsso-assertion").and_then(|v| v.to_str().ok());
+    let verdict = match assertion {
+        None => "absent".to_owned(),
+        Some(token) => {
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            v.set_audience(&["bitbucket"]);
+            v.set_issuer(&[format!("{public_url}/sso")]);
+            v.leeway = 60;
+            match jsonwebtoken::decode::<serde_json::Value>(
+                token,
+                &jsonwebtoken::DecodingKey::from_secret(ASSERTION_SECRET.as_bytes()),
+                &v,
+            ) {
+                Ok(data) if data.claims["sub"].as_str() == user.as_deref() => "valid".to_owned(),
+                Ok(_) => "invalid: sub differs from the username header".to_owned(),
+                Err(e) => format!("invalid: {e}"),
+            }
+        }
+    };
+    let cookies = req
+        .headers()
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    full(json!({ "path": req.uri().path(), "user": user, "assertion": verdict, "cookie": cookies }).to_string())
+}
+
+/// A browser-like client: a cookie jar, no automatic redirects (tests follow them to see every hop).
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// One hop of a walk.
+pub struct Walk {
+    pub status: u16,
+    pub url: String,
+    pub body: String,
+    pub headers: reqwest::header::HeaderMap,
+    /// Every URL visited, in order.
+    pub visited: Vec<String>,
+}
+
+/// Sends a request and follows redirects (as a browser: 303 and 302 become GET), returning the last answer.
+pub async fn walk(client: &reqwest::Client, first: reqwest::RequestBuilder) -> Walk {
+    let mut response = first
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .expect("request");
+    let mut visited = vec![response.url().to_string()];
+    for _ in 0..20 {
+        if !response.status().is_redirection() {
+            break;
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("location")
+            .to_owned();
+        let next = response.url().join(&location).expect("absolute location");
+        response = client
+            .get(next.clone())
+            .header("accept", "text/html,application/xhtml+xml")
+            .send()
+            .await
+            .expect("request");
+        visited.push(next.to_string());
+    }
+    let status = response.status().as_u16();
+    let url = response.url().to_string();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap_or_default();
+    Walk {
+        status,
+        url,
+        body,
+        headers,
+        visited,
+    }
+}
+
+/// Fills the provider's login form on `page` and walks on from there.
+pub async fn sign_in(client: &reqwest::Client, page: &Walk, user: &str, password: &str) -> Walk {
+    let action = page
+        .body
+        .split("action=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a login form");
+    let url = reqwest::Url::parse(&page.url).unwrap().join(action).unwrap();
+    walk(
+        client,
+        client.post(url).form(&[("username", user), ("password", password)]),
+    )
+    .await
+}
+
+/// Waits until the proxy reports ready (providers loaded).
+pub async fn wait_ready(admin: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("proxy never became ready");
+}
