@@ -27,7 +27,8 @@ pub struct JwksCache {
     http: reqwest::Client,
     source: RwLock<Option<Source>>,
     keys: RwLock<Option<Arc<Keys>>>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When an unknown `kid` last caused a refetch; background refreshes do not count.
+    last_kid_refetch: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
     min_refetch: Duration,
     fetches: AtomicU64,
@@ -47,7 +48,7 @@ impl JwksCache {
             http,
             source: RwLock::new(None),
             keys: RwLock::new(None),
-            last_fetch: Mutex::new(None),
+            last_kid_refetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             min_refetch,
             fetches: AtomicU64::new(0),
@@ -82,7 +83,6 @@ impl JwksCache {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(OidcError::NotLoaded)?;
-        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let keys = match source {
             Source::File(path) => {
@@ -148,13 +148,12 @@ impl JwksCache {
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
         }
-        let recent = self
-            .last_fetch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < self.min_refetch);
-        if recent {
-            return Err(TokenError::UnknownKey);
+        {
+            let mut last = self.last_kid_refetch.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+                return Err(TokenError::UnknownKey);
+            }
+            *last = Some(Instant::now());
         }
         if let Err(e) = self.fetch().await {
             tracing::warn!(error = %e, "refetching the provider's keys for an unknown kid failed");

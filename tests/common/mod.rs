@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod minting;
 
 use std::convert::Infallible;
 use std::future::Future;
