@@ -25,9 +25,19 @@ async fn proxy_with(provider: &MintingProvider, upstream: SocketAddr, session: &
 /// Signs in and returns the session cookie's value.
 async fn session_cookie(proxy: &ProxyProcess) -> String {
     let client = browser();
-    let r = client.get(format!("http://{}/sso/login?rd=/", proxy.addr)).send().await.unwrap();
+    let r = client
+        .get(format!("http://{}/sso/login?rd=/", proxy.addr))
+        .send()
+        .await
+        .unwrap();
     let authorize = r.headers()["location"].to_str().unwrap().to_owned();
-    let pending = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).find(|c| c.starts_with("bbsso_login_")).unwrap();
+    let pending = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("bbsso_login_"))
+        .unwrap();
     let back = client.get(authorize).send().await.unwrap();
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
     let done = reqwest::Client::builder()
@@ -40,11 +50,28 @@ async fn session_cookie(proxy: &ProxyProcess) -> String {
         .await
         .unwrap();
     assert_eq!(done.status(), 302);
-    let cookie = done.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).find(|c| c.starts_with("bbsso=")).expect("session cookie");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"), "{cookie}");
-    assert!(!cookie.contains("Max-Age"), "without remember-me the cookie ends with the browser: {cookie}");
+    let cookie = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("bbsso="))
+        .expect("session cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains("Max-Age"),
+        "without remember-me the cookie ends with the browser: {cookie}"
+    );
     assert!(cookie.len() < 1500, "the cookie stays small: {} bytes", cookie.len());
-    cookie.split(';').next().unwrap().trim_start_matches("bbsso=").to_owned()
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("bbsso=")
+        .to_owned()
 }
 
 /// Who the upstream sees for a page request carrying `cookie`, or the redirect location.
@@ -79,11 +106,21 @@ async fn tampered_truncated_and_rotated_cookies() {
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     assert!(who(&old, &tampered).await.unwrap_err().starts_with("/sso/login"));
-    assert!(who(&old, &cookie[..cookie.len() - 10]).await.unwrap_err().starts_with("/sso/login"));
+    assert!(
+        who(&old, &cookie[..cookie.len() - 10])
+            .await
+            .unwrap_err()
+            .starts_with("/sso/login")
+    );
     assert!(who(&old, "not-even-base64!!").await.is_err());
 
     // Rotation: a new key first, the old one still in the ring: old cookies still work.
-    let rotated = proxy_with(&provider, upstream, &format!("keys = [\"{NEW_KEY}\", \"{SESSION_KEY}\"]")).await;
+    let rotated = proxy_with(
+        &provider,
+        upstream,
+        &format!("keys = [\"{NEW_KEY}\", \"{SESSION_KEY}\"]"),
+    )
+    .await;
     assert_eq!(who(&rotated, &cookie).await, Ok("mallory".into()));
     // Once the old key is removed, its cookies are refused.
     let removed = proxy_with(&provider, upstream, &format!("keys = [\"{NEW_KEY}\"]")).await;
@@ -97,15 +134,31 @@ async fn tampered_truncated_and_rotated_cookies() {
 async fn expired_and_idle_sessions_end() {
     let provider = MintingProvider::start(CLIENT_ID).await;
     let upstream = spawn_identity_upstream("http://127.0.0.1:1".into()).await;
-    let short = proxy_with(&provider, upstream, &format!("keys = [\"{SESSION_KEY}\"]\nlifetime = \"2s\"\nidle_timeout = \"2s\"")).await;
-    let idle = proxy_with(&provider, upstream, &format!("keys = [\"{SESSION_KEY}\"]\nlifetime = \"1h\"\nidle_timeout = \"2s\"")).await;
+    let short = proxy_with(
+        &provider,
+        upstream,
+        &format!("keys = [\"{SESSION_KEY}\"]\nlifetime = \"2s\"\nidle_timeout = \"2s\""),
+    )
+    .await;
+    let idle = proxy_with(
+        &provider,
+        upstream,
+        &format!("keys = [\"{SESSION_KEY}\"]\nlifetime = \"1h\"\nidle_timeout = \"2s\""),
+    )
+    .await;
     let c1 = session_cookie(&short).await;
     let c2 = session_cookie(&idle).await;
     assert_eq!(who(&short, &c1).await, Ok("mallory".into()));
     assert_eq!(who(&idle, &c2).await, Ok("mallory".into()));
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert!(who(&short, &c1).await.unwrap_err().starts_with("/sso/login"), "past the absolute lifetime");
-    assert!(who(&idle, &c2).await.unwrap_err().starts_with("/sso/login"), "idle for longer than idle_timeout");
+    assert!(
+        who(&short, &c1).await.unwrap_err().starts_with("/sso/login"),
+        "past the absolute lifetime"
+    );
+    assert!(
+        who(&idle, &c2).await.unwrap_err().starts_with("/sso/login"),
+        "idle for longer than idle_timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,12 +166,24 @@ async fn the_proxy_starts_with_the_provider_down_and_becomes_ready_when_it_comes
     let port = free_port();
     let idp_port = free_port();
     let upstream = spawn_identity_upstream(format!("http://127.0.0.1:{port}")).await;
-    let proxy = ProxyProcess::start(&sso_config(port, upstream, &format!("http://127.0.0.1:{idp_port}"), "cognito", "", ""));
+    let proxy = ProxyProcess::start(&sso_config(
+        port,
+        upstream,
+        &format!("http://127.0.0.1:{idp_port}"),
+        "cognito",
+        "",
+        "",
+    ));
     let (status, _, body) = get(proxy.admin, "/readyz", &[]).await;
     assert_eq!(status, 503);
     assert!(String::from_utf8_lossy(&body).contains("not loaded yet for: idp"));
     let client = browser();
-    let r = client.get(format!("http://{}/sso/login", proxy.addr)).header("accept", "text/html").send().await.unwrap();
+    let r = client
+        .get(format!("http://{}/sso/login", proxy.addr))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "a clear page, not a 500 or a loop");
     assert!(r.text().await.unwrap().contains("Sign-in is unavailable right now"));
     proxy.wait_for_log(|v| v["target"] == "audit" && v["reason"] == "provider_unavailable");
@@ -128,5 +193,7 @@ async fn the_proxy_starts_with_the_provider_down_and_becomes_ready_when_it_comes
     drop(listener);
     let provider = RealProvider::start(port, &[("PORT", &idp_port.to_string())]);
     assert_eq!(provider.issuer, format!("http://127.0.0.1:{idp_port}"));
-    tokio::time::timeout(Duration::from_secs(30), wait_ready(proxy.admin)).await.expect("ready after the provider came up");
+    tokio::time::timeout(Duration::from_secs(30), wait_ready(proxy.admin))
+        .await
+        .expect("ready after the provider came up");
 }
