@@ -359,3 +359,42 @@ async fn two_tabs_sign_in_at_once_and_a_replayed_or_stale_state_restarts_once() 
     assert_eq!(denied.status(), 403);
     assert!(denied.text().await.unwrap().contains("cancelled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_provider_with_client_secret_post_and_userinfo_and_rp_initiated_logout() {
+    let port = free_port();
+    let provider = RealProvider::start(port, &[("AUTH_METHOD", "client_secret_post")]);
+    let upstream = spawn_identity_upstream(format!("http://127.0.0.1:{port}")).await;
+    let text = sso_config(
+        port,
+        upstream,
+        &provider.issuer,
+        "oidc",
+        "token_auth_method = \"client_secret_post\"\nuserinfo = true",
+        "[mapping]\ndisplay_name_claim = \"custom:department\"\n",
+    );
+    let proxy = ProxyProcess::start(&text);
+    wait_ready(proxy.admin).await;
+    let base = format!("http://{}", proxy.addr);
+    let client = browser();
+    let page = walk(&client, client.get(format!("{base}/projects"))).await;
+    let landed = sign_in(&client, &page, "carol", "carol-password").await;
+    assert_eq!(
+        landed.status, 200,
+        "client_secret_post accepted by a provider that requires it: {}",
+        landed.body
+    );
+    let seen: serde_json::Value = serde_json::from_str(&landed.body).unwrap();
+    assert_eq!(seen["user"], "carol");
+    assert_eq!(seen["name"], "Engineering", "a claim only userinfo has was merged");
+
+    let logout = client.post(format!("{base}/sso/logout")).send().await.unwrap();
+    let target = reqwest::Url::parse(logout.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = target.query_pairs().into_owned().collect();
+    assert_eq!(
+        q["post_logout_redirect_uri"],
+        format!("{base}/sso/logged-out"),
+        "standard RP-initiated logout"
+    );
+    assert_eq!(q["client_id"], CLIENT_ID);
+}

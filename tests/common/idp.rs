@@ -159,6 +159,7 @@ fn identity_report(req: &Request<Incoming>, public_url: &str) -> Body {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let assertion = req.headers().get("x-bbsso-assertion").and_then(|v| v.to_str().ok());
+    let mut name = serde_json::Value::Null;
     let verdict = match assertion {
         None => "absent".to_owned(),
         Some(token) => {
@@ -171,7 +172,10 @@ fn identity_report(req: &Request<Incoming>, public_url: &str) -> Body {
                 &jsonwebtoken::DecodingKey::from_secret(ASSERTION_SECRET.as_bytes()),
                 &v,
             ) {
-                Ok(data) if data.claims["sub"].as_str() == user.as_deref() => "valid".to_owned(),
+                Ok(data) if data.claims["sub"].as_str() == user.as_deref() => {
+                    name = data.claims["name"].clone();
+                    "valid".to_owned()
+                }
                 Ok(_) => "invalid: sub differs from the username header".to_owned(),
                 Err(e) => format!("invalid: {e}"),
             }
@@ -183,7 +187,10 @@ fn identity_report(req: &Request<Incoming>, public_url: &str) -> Body {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    full(json!({ "path": req.uri().path(), "user": user, "assertion": verdict, "cookie": cookies }).to_string())
+    full(
+        json!({ "path": req.uri().path(), "user": user, "name": name, "assertion": verdict, "cookie": cookies })
+            .to_string(),
+    )
 }
 
 /// A browser-like client: a cookie jar, no automatic redirects (tests follow them to see every hop).

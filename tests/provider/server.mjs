@@ -62,7 +62,7 @@ const configuration = {
   claims: {
     openid: ['sub', 'cognito:username', 'cognito:groups', 'token_use'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'given_name', 'family_name'],
+    profile: ['name', 'given_name', 'family_name', 'custom:department'],
   },
   conformIdTokenClaims: false,
   issueRefreshToken: async () => true,
@@ -87,6 +87,8 @@ const configuration = {
         };
         if (user.groups.length) claims['cognito:groups'] = user.groups;
         if (use === 'id_token') claims.token_use = 'id';
+        // Only userinfo knows the department, so a test can see that userinfo claims are merged.
+        if (use === 'userinfo') claims['custom:department'] = 'Engineering';
         return claims;
       },
     };
