@@ -159,10 +159,10 @@ pub fn validate(token: &str, alg: Algorithm, key: &DecodingKey, want: &Expected<
         Some(n) if constant_time_eq(n.as_bytes(), want.nonce.as_bytes()) => {}
         _ => return Err(TokenError::NonceMismatch),
     }
-    if let Some(use_) = claims.get("token_use") {
-        if use_.as_str() != Some("id") {
-            return Err(TokenError::WrongTokenUse(use_.as_str().unwrap_or("?").to_owned()));
-        }
+    if let Some(use_) = claims.get("token_use")
+        && use_.as_str() != Some("id")
+    {
+        return Err(TokenError::WrongTokenUse(use_.as_str().unwrap_or("?").to_owned()));
     }
     let several_audiences = claims.get("aud").and_then(Value::as_array).is_some_and(|a| a.len() > 1);
     match claims.get("azp").and_then(Value::as_str) {

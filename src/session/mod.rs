@@ -126,7 +126,7 @@ pub fn secs(d: std::time::Duration) -> i64 {
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| secs(d))
+        .map(secs)
         .unwrap_or(0)
 }
 

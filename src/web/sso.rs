@@ -63,7 +63,7 @@ pub struct Found {
 /// The outcome of looking for a session.
 pub enum Lookup {
     None,
-    Valid(Found),
+    Valid(Box<Found>),
     /// There was a cookie but it no longer counts: clear it.
     Ended,
 }
@@ -205,7 +205,7 @@ impl Sso {
                 (started, n.to_owned())
             })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         found
             .into_iter()
             .enumerate()
@@ -612,7 +612,7 @@ impl Sso {
         if reissue {
             s.last_active = now;
         }
-        Lookup::Valid(Found { session: s, reissue })
+        Lookup::Valid(Box::new(Found { session: s, reissue }))
     }
 
     async fn revalidate(&self, s: &Session, now: i64) -> Outcome {
