@@ -197,3 +197,45 @@ async fn the_proxy_starts_with_the_provider_down_and_becomes_ready_when_it_comes
         .await
         .expect("ready after the provider came up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_sign_in_cookies_are_capped() {
+    let provider = MintingProvider::start(CLIENT_ID).await;
+    let upstream = spawn_identity_upstream("http://127.0.0.1:1".into()).await;
+    let proxy = proxy_with(&provider, upstream, &format!("keys = [\"{SESSION_KEY}\"]")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // A browser that keeps every cookie it is given, as a jar would, started ten sign-ins in ten tabs.
+    let mut jar: Vec<(String, String)> = Vec::new();
+    for _ in 0..10 {
+        let header = jar
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let r = client
+            .get(format!("http://{}/sso/login", proxy.addr))
+            .header("cookie", header)
+            .send()
+            .await
+            .unwrap();
+        for set in r.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attrs) = set.split_once(';').unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            jar.retain(|(n, _)| n != name);
+            if !attrs.contains("Max-Age=0") {
+                jar.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        let pending = jar.iter().filter(|(n, _)| n.starts_with("bbsso_login_")).count();
+        assert!(pending <= 3, "{pending} pending sign-in cookies");
+    }
+    assert_eq!(
+        jar.iter().filter(|(n, _)| n.starts_with("bbsso_login_")).count(),
+        3,
+        "the newest three are kept"
+    );
+}

@@ -117,6 +117,15 @@ async fn a_browser_signs_in_reaches_bitbucket_as_itself_revalidates_and_logs_out
         1,
         "one refresh-token redemption for the whole burst"
     );
+    // The provider rotates refresh tokens: the next revalidation works only if the rotated one was stored.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = client.get(format!("{base}/rest/api/1.0/profile")).send().await.unwrap();
+    assert_eq!(later.json::<serde_json::Value>().await.unwrap()["user"], "alice");
+    assert_eq!(
+        provider.refreshes().await - before,
+        2,
+        "a second revalidation with the rotated refresh token"
+    );
 
     // Logout: proxy session, Bitbucket's cookies, then the provider's logout, which returns to /sso/logged-out.
     let logout = client

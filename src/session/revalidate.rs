@@ -30,13 +30,14 @@ pub struct Revalidator {
 }
 
 impl Revalidator {
-    /// Revalidates session `sid` with `refresh` unless another request is already doing it or just did.
-    pub async fn run<F, Fut>(&self, sid: &str, now: i64, refresh: F) -> Outcome
+    /// Revalidates session `sid` with `refresh` unless another request is already doing it, or did it after
+    /// `known_at` (the last revalidation the request's cookie knows of: a stale cookie reuses the newer result).
+    pub async fn run<F, Fut>(&self, sid: &str, known_at: i64, now: i64, refresh: F) -> Outcome
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Outcome>,
     {
-        if let Some(done) = self.recent_result(sid, now) {
+        if let Some(done) = self.recent_result(sid, known_at, now) {
             return done;
         }
         let cell = {
@@ -64,10 +65,10 @@ impl Revalidator {
         outcome
     }
 
-    fn recent_result(&self, sid: &str, now: i64) -> Option<Outcome> {
+    fn recent_result(&self, sid: &str, known_at: i64, now: i64) -> Option<Outcome> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         match recent.get(sid)? {
-            o @ Outcome::Confirmed { at, .. } if now - at < REMEMBER_SECS => Some(o.clone()),
+            o @ Outcome::Confirmed { at, .. } if *at > known_at && now - at < REMEMBER_SECS => Some(o.clone()),
             o @ Outcome::Refused { .. } => Some(o.clone()),
             _ => None,
         }
@@ -89,7 +90,7 @@ mod tests {
             let gate = gate.clone();
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
-                gate.run("sid-1", 1000, || async move {
+                gate.run("sid-1", 900, 1000, || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Outcome::Confirmed {
@@ -111,17 +112,35 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let late = gate
-            .run("sid-1", 1060, || async { panic!("must reuse the recent result") })
+            .run("sid-1", 900, 1060, || async {
+                panic!("a stale cookie reuses the recent result")
+            })
             .await;
         assert!(matches!(late, Outcome::Confirmed { .. }));
+        let due_again = gate
+            .run("sid-1", 1000, 1950, || async {
+                Outcome::Confirmed {
+                    at: 1950,
+                    refresh_token: None,
+                }
+            })
+            .await;
+        assert_eq!(
+            due_again,
+            Outcome::Confirmed {
+                at: 1950,
+                refresh_token: None
+            },
+            "an up-to-date cookie that is due refreshes again"
+        );
         let other = gate
-            .run("sid-2", 1060, || async {
+            .run("sid-2", 900, 1060, || async {
                 Outcome::Unavailable { reason: "down".into() }
             })
             .await;
         assert!(matches!(other, Outcome::Unavailable { .. }));
         let retried = gate
-            .run("sid-2", 1061, || async {
+            .run("sid-2", 900, 1061, || async {
                 Outcome::Refused {
                     reason: "invalid_grant".into(),
                 }

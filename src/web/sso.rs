@@ -622,7 +622,7 @@ impl Sso {
             };
         };
         self.revalidator
-            .run(&s.id, now, || async move {
+            .run(&s.id, s.revalidated_at, now, || async move {
                 let Some(endpoints) = provider.endpoints() else {
                     return Outcome::Unavailable {
                         reason: "provider not loaded".into(),
