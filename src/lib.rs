@@ -3,15 +3,18 @@
 //! `main.rs` parses the command line and calls into this library; everything else lives here.
 
 pub mod access;
+pub mod bitbucket;
 pub mod admin;
 pub mod config;
 pub mod gateway;
 pub mod identity;
 pub mod keys;
+pub mod mapping;
 pub mod oidc;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod standin;
 pub mod telemetry;
 pub mod web;

@@ -29,3 +29,9 @@ pub fn logout(o: Origin<'_>, user: Option<&str>, provider: Option<&str>) {
 pub fn session_ended(o: Origin<'_>, user: &str, provider: &str, reason: &str) {
     tracing::warn!(target: "audit", event = "session_ended", user, provider, reason, request_id = o.request_id, client_ip = %o.client_ip, "session ended by revalidation");
 }
+
+/// A change made in Bitbucket by provisioning: `user_created`, `profile_updated`, `group_created`,
+/// `group_added`, `group_removed`.
+pub fn bitbucket_change(o: Origin<'_>, event: &str, user: &str, group: Option<&str>) {
+    tracing::info!(target: "audit", event, user, group, request_id = o.request_id, client_ip = %o.client_ip, "Bitbucket changed");
+}

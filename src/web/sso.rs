@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::Page;
 use super::return_path::safe_return_path;
+use crate::bitbucket::Provisioner;
 use crate::config::Config;
 use crate::identity::Asserter;
 use crate::oidc::client::{self, RefreshError};
@@ -48,6 +49,7 @@ pub struct Sso {
     ring: Keyring,
     pub names: CookieNames,
     asserter: Option<Asserter>,
+    provisioner: Provisioner,
     revalidator: Revalidator,
     redirect_uri: String,
     logged_out_uri: String,
@@ -84,6 +86,7 @@ impl Sso {
                 .assertion_secret
                 .as_ref()
                 .map(|s| Asserter::new(&config.server.public_url, s.expose(), config.identity.assertion_ttl)),
+            provisioner: Provisioner::new(config.clone()),
             revalidator: Revalidator::default(),
             redirect_uri: format!("{base}/sso/callback"),
             logged_out_uri: format!("{base}/sso/logged-out"),
@@ -422,34 +425,16 @@ impl Sso {
             }
         }
         normalize_claims(&mut claims);
-        let mapping = &self.config.mapping;
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let Some(username) = string_claim(&claims, &mapping.username_claim) else {
-            let message = "The sign-in service did not say which Bitbucket user you are. Tell your Bitbucket administrator (the username claim is missing).";
-            let page = Page::new(
-                StatusCode::FORBIDDEN,
-                "username_missing",
-                "You cannot be signed in",
-                message,
-            );
-            return Err(self.fail(
-                ctx,
-                page,
-                Some(pid),
-                &format!("claim {} missing or empty", mapping.username_claim),
-            ));
-        };
-        let display_name = match &mapping.display_name {
-            crate::config::DisplayNameClaims::Single(c) => string_claim(&claims, c),
-            crate::config::DisplayNameClaims::FirstLast { first, last } => {
-                let joined = [string_claim(&claims, first), string_claim(&claims, last)]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                (!joined.is_empty()).then_some(joined)
+        let admitted = match self.provisioner.admit(&claims, ctx.origin()).await {
+            Ok(a) => a,
+            Err(refused) => {
+                let status = if refused.refusal.code == "provisioning_failed" { StatusCode::BAD_GATEWAY } else { StatusCode::FORBIDDEN };
+                let page = Page::new(status, refused.refusal.code, "You cannot be signed in", &refused.refusal.message);
+                return Err(self.fail(ctx, page, Some(pid), &refused.detail));
             }
         };
+        let username = admitted.username;
         let lifetime = if pending.remember_me {
             self.config.session.remember_me_lifetime
         } else {
@@ -458,8 +443,8 @@ impl Sso {
         let new_session = Session {
             id: flow::random_token(16),
             username: username.clone(),
-            email: string_claim(&claims, &mapping.email_claim),
-            display_name,
+            email: admitted.email,
+            display_name: admitted.display_name,
             provider: pid.to_owned(),
             subject: subject.clone(),
             auth_time: claims.get("auth_time").and_then(Value::as_i64).unwrap_or(now),
@@ -695,15 +680,6 @@ fn normalize_claims(claims: &mut crate::oidc::id_token::Claims) {
     }
 }
 
-/// A non-empty string claim.
-fn string_claim(claims: &crate::oidc::id_token::Claims, name: &str) -> Option<String> {
-    claims
-        .get(name)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
 
 /// A 302 to `location`, never cached.
 pub fn redirect(location: &str) -> Reply {
