@@ -3,8 +3,8 @@
 //! `main.rs` parses the command line and calls into this library; everything else lives here.
 
 pub mod access;
-pub mod bitbucket;
 pub mod admin;
+pub mod bitbucket;
 pub mod config;
 pub mod gateway;
 pub mod identity;

@@ -88,7 +88,12 @@ impl BitbucketClient {
             .user_agent(concat!("bitbucket-sso-proxy/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        BitbucketClient { http, base: cfg.url.clone(), user: cfg.admin_user.clone(), password: cfg.admin_password.clone() }
+        BitbucketClient {
+            http,
+            base: cfg.url.clone(),
+            user: cfg.admin_user.clone(),
+            password: cfg.admin_password.clone(),
+        }
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
@@ -108,12 +113,23 @@ impl BitbucketClient {
             .header("x-atlassian-token", "no-check")
     }
 
-    async fn send(&self, action: &str, request: reqwest::RequestBuilder, forbidden_hint: &'static str) -> Result<reqwest::Response, BitbucketError> {
-        let response = request.send().await.map_err(|e| BitbucketError::Unavailable(format!("{action}: {e}")))?;
+    async fn send(
+        &self,
+        action: &str,
+        request: reqwest::RequestBuilder,
+        forbidden_hint: &'static str,
+    ) -> Result<reqwest::Response, BitbucketError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| BitbucketError::Unavailable(format!("{action}: {e}")))?;
         match response.status().as_u16() {
             200..=299 => Ok(response),
             401 => Err(BitbucketError::Unauthorized),
-            403 => Err(BitbucketError::Forbidden { action: action.to_owned(), hint: forbidden_hint }),
+            403 => Err(BitbucketError::Forbidden {
+                action: action.to_owned(),
+                hint: forbidden_hint,
+            }),
             status @ (502..=504) => Err(BitbucketError::Unavailable(format!("{action}: HTTP {status}"))),
             status => Err(BitbucketError::Unexpected {
                 action: action.to_owned(),
@@ -123,7 +139,12 @@ impl BitbucketClient {
         }
     }
 
-    async fn all_pages<T: DeserializeOwned>(&self, action: &str, path: &str, query: &[(&str, &str)]) -> Result<Vec<T>, BitbucketError> {
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        action: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, BitbucketError> {
         let mut out = Vec::new();
         let mut start = 0usize;
         loop {
@@ -132,11 +153,18 @@ impl BitbucketClient {
             let mut q: Vec<(&str, &str)> = query.to_vec();
             q.push(("start", &start_text));
             q.push(("limit", &limit));
-            let response = self.send(action, self.request(reqwest::Method::GET, self.url(path, &q)), "the service account must be a Bitbucket admin").await?;
-            let page: Page<T> = response
-                .json()
-                .await
-                .map_err(|e| BitbucketError::Unexpected { action: action.to_owned(), status: 200, body: e.to_string() })?;
+            let response = self
+                .send(
+                    action,
+                    self.request(reqwest::Method::GET, self.url(path, &q)),
+                    "the service account must be a Bitbucket admin",
+                )
+                .await?;
+            let page: Page<T> = response.json().await.map_err(|e| BitbucketError::Unexpected {
+                action: action.to_owned(),
+                status: 200,
+                body: e.to_string(),
+            })?;
             out.extend(page.values);
             match page.next_page_start {
                 Some(next) if !page.is_last_page && next > start => start = next,
@@ -147,14 +175,25 @@ impl BitbucketClient {
 
     /// The user with exactly this name (case-insensitively), if any.
     pub async fn find_user_by_name(&self, name: &str) -> Result<Option<BitbucketUser>, BitbucketError> {
-        let users: Vec<RestUser> = self.all_pages("look up a user", "/admin/users", &[("filter", name)]).await?;
-        Ok(users.into_iter().find(|u| u.name.eq_ignore_ascii_case(name)).map(BitbucketUser::from))
+        let users: Vec<RestUser> = self
+            .all_pages("look up a user", "/admin/users", &[("filter", name)])
+            .await?;
+        Ok(users
+            .into_iter()
+            .find(|u| u.name.eq_ignore_ascii_case(name))
+            .map(BitbucketUser::from))
     }
 
     /// The one user with exactly this email address (case-insensitively); several is an error, not a guess.
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<BitbucketUser>, BitbucketError> {
-        let users: Vec<RestUser> = self.all_pages("look up a user by email", "/admin/users", &[("filter", email)]).await?;
-        let mut exact = users.into_iter().filter(|u| u.email_address.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email)));
+        let users: Vec<RestUser> = self
+            .all_pages("look up a user by email", "/admin/users", &[("filter", email)])
+            .await?;
+        let mut exact = users.into_iter().filter(|u| {
+            u.email_address
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(email))
+        });
         match (exact.next(), exact.next()) {
             (Some(_), Some(_)) => Err(BitbucketError::AmbiguousEmail(email.to_owned())),
             (one, _) => Ok(one.map(BitbucketUser::from)),
@@ -167,9 +206,23 @@ impl BitbucketClient {
         let password = crate::oidc::flow::random_token(48);
         let url = self.url(
             "/admin/users",
-            &[("name", name), ("displayName", display_name), ("emailAddress", email), ("password", &password), ("addToDefaultGroup", "false"), ("notify", "false")],
+            &[
+                ("name", name),
+                ("displayName", display_name),
+                ("emailAddress", email),
+                ("password", &password),
+                ("addToDefaultGroup", "false"),
+                ("notify", "false"),
+            ],
         );
-        match self.send("create a user", self.request(reqwest::Method::POST, url), "the licence's user limit is reached, or the service account is not an admin").await {
+        match self
+            .send(
+                "create a user",
+                self.request(reqwest::Method::POST, url),
+                "the licence's user limit is reached, or the service account is not an admin",
+            )
+            .await
+        {
             Ok(_) => Ok(true),
             Err(BitbucketError::Unexpected { status: 409, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -182,25 +235,48 @@ impl BitbucketClient {
         if let Some(e) = email {
             body["email"] = serde_json::Value::String(e.to_owned());
         }
-        let request = self.request(reqwest::Method::PUT, self.url("/admin/users", &[])).json(&body);
-        self.send("update a user's profile", request, "the service account must be a Bitbucket admin").await.map(|_| ())
+        let request = self
+            .request(reqwest::Method::PUT, self.url("/admin/users", &[]))
+            .json(&body);
+        self.send(
+            "update a user's profile",
+            request,
+            "the service account must be a Bitbucket admin",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Every group the user is a member of.
     pub async fn user_groups(&self, name: &str) -> Result<Vec<String>, BitbucketError> {
-        let groups: Vec<RestGroup> = self.all_pages("list a user's groups", "/admin/users/more-members", &[("context", name)]).await?;
+        let groups: Vec<RestGroup> = self
+            .all_pages(
+                "list a user's groups",
+                "/admin/users/more-members",
+                &[("context", name)],
+            )
+            .await?;
         Ok(groups.into_iter().map(|g| g.name).collect())
     }
 
     /// Whether a group of exactly this name exists.
     pub async fn group_exists(&self, name: &str) -> Result<bool, BitbucketError> {
-        let groups: Vec<RestGroup> = self.all_pages("look up a group", "/admin/groups", &[("filter", name)]).await?;
+        let groups: Vec<RestGroup> = self
+            .all_pages("look up a group", "/admin/groups", &[("filter", name)])
+            .await?;
         Ok(groups.iter().any(|g| g.name.eq_ignore_ascii_case(name)))
     }
 
     /// Creates a group; one that exists already is fine.
     pub async fn create_group(&self, name: &str) -> Result<bool, BitbucketError> {
-        match self.send("create a group", self.request(reqwest::Method::POST, self.url("/admin/groups", &[("name", name)])), "the service account must be a Bitbucket admin").await {
+        match self
+            .send(
+                "create a group",
+                self.request(reqwest::Method::POST, self.url("/admin/groups", &[("name", name)])),
+                "the service account must be a Bitbucket admin",
+            )
+            .await
+        {
             Ok(_) => Ok(true),
             Err(BitbucketError::Unexpected { status: 409, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -209,13 +285,29 @@ impl BitbucketClient {
 
     /// Adds the user to groups (they must exist).
     pub async fn add_to_groups(&self, user: &str, groups: &[String]) -> Result<(), BitbucketError> {
-        let request = self.request(reqwest::Method::POST, self.url("/admin/users/add-groups", &[])).json(&serde_json::json!({ "user": user, "groups": groups }));
-        self.send("add a user to groups", request, "the service account must be a Bitbucket admin").await.map(|_| ())
+        let request = self
+            .request(reqwest::Method::POST, self.url("/admin/users/add-groups", &[]))
+            .json(&serde_json::json!({ "user": user, "groups": groups }));
+        self.send(
+            "add a user to groups",
+            request,
+            "the service account must be a Bitbucket admin",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Removes the user from one group.
     pub async fn remove_from_group(&self, user: &str, group: &str) -> Result<(), BitbucketError> {
-        let request = self.request(reqwest::Method::POST, self.url("/admin/users/remove-group", &[])).json(&serde_json::json!({ "context": user, "itemName": group }));
-        self.send("remove a user from a group", request, "the service account must be a Bitbucket admin").await.map(|_| ())
+        let request = self
+            .request(reqwest::Method::POST, self.url("/admin/users/remove-group", &[]))
+            .json(&serde_json::json!({ "context": user, "itemName": group }));
+        self.send(
+            "remove a user from a group",
+            request,
+            "the service account must be a Bitbucket admin",
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -29,7 +29,10 @@ pub struct Refused {
 
 impl From<Refusal> for Refused {
     fn from(refusal: Refusal) -> Self {
-        Refused { detail: refusal.message.clone(), refusal }
+        Refused {
+            detail: refusal.message.clone(),
+            refusal,
+        }
     }
 }
 
@@ -61,7 +64,11 @@ impl Provisioner {
         let (m, g) = (&self.config.mapping, &self.config.groups);
         let profile = mapping::profile(claims, m, g)?;
         let Some(client) = &self.client else {
-            return Ok(Admitted { username: profile.username, email: profile.email, display_name: profile.display_name });
+            return Ok(Admitted {
+                username: profile.username,
+                email: profile.email,
+                display_name: profile.display_name,
+            });
         };
         // A 409 on create means a concurrent sign-in created the user first: decide again against it.
         for _ in 0..2 {
@@ -89,17 +96,33 @@ impl Provisioner {
                     existing.insert(group.to_lowercase());
                 }
             }
-            let plan = mapping::decide(&profile, Current { user: user.as_ref(), groups: &current_groups, existing_groups: &existing }, m, g)?;
+            let plan = mapping::decide(
+                &profile,
+                Current {
+                    user: user.as_ref(),
+                    groups: &current_groups,
+                    existing_groups: &existing,
+                },
+                m,
+                g,
+            )?;
             let who = plan.username.as_str();
             if plan.create_user {
                 let email = plan.email.as_deref().unwrap_or_default();
-                if !client.create_user(who, &plan.display_name, email).await.map_err(failed)? {
+                if !client
+                    .create_user(who, &plan.display_name, email)
+                    .await
+                    .map_err(failed)?
+                {
                     continue;
                 }
                 audit::bitbucket_change(origin, "user_created", who, None);
             }
             if plan.update_profile {
-                client.update_user(who, &plan.display_name, plan.email.as_deref()).await.map_err(failed)?;
+                client
+                    .update_user(who, &plan.display_name, plan.email.as_deref())
+                    .await
+                    .map_err(failed)?;
                 audit::bitbucket_change(origin, "profile_updated", who, None);
             }
             // Removals first: a failure half-way leaves the user with less access, never more.
@@ -118,8 +141,14 @@ impl Provisioner {
                     audit::bitbucket_change(origin, "group_added", who, Some(group));
                 }
             }
-            return Ok(Admitted { username: plan.username, email: plan.email, display_name: Some(plan.display_name) });
+            return Ok(Admitted {
+                username: plan.username,
+                email: plan.email,
+                display_name: Some(plan.display_name),
+            });
         }
-        Err(failed(BitbucketError::Unavailable("the user was created concurrently but cannot be found".into())))
+        Err(failed(BitbucketError::Unavailable(
+            "the user was created concurrently but cannot be found".into(),
+        )))
     }
 }

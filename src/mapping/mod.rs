@@ -23,7 +23,10 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Refusal { code, message: message.into() }
+        Refusal {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -75,7 +78,12 @@ pub struct Plan {
 }
 
 fn string_claim(claims: &Claims, name: &str) -> Option<String> {
-    claims.get(name).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// The groups claim: a list, a single string, a comma-separated string, or absent (none).
@@ -85,7 +93,11 @@ pub fn groups_claim(value: Option<&Value>) -> Vec<String> {
         Some(Value::String(s)) => s.split(',').map(str::to_owned).collect(),
         _ => Vec::new(),
     };
-    out = out.into_iter().map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).collect();
+    out = out
+        .into_iter()
+        .map(|g| g.trim().to_owned())
+        .filter(|g| !g.is_empty())
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -94,7 +106,9 @@ pub fn groups_claim(value: Option<&Value>) -> Vec<String> {
 /// Whether `email` has exactly one `@`, a local part, and a domain equal (case-insensitively) to one allowed.
 pub fn email_domain_allowed(email: &str, allowed: &[String]) -> bool {
     let mut parts = email.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
     !local.is_empty() && allowed.iter().any(|d| d.eq_ignore_ascii_case(domain))
 }
 
@@ -107,7 +121,11 @@ pub fn profile(claims: &Claims, m: &Mapping, g: &Groups) -> Result<Profile, Refu
         )
     })?;
     let email = string_claim(claims, &m.email_claim);
-    if !m.allowed_email_domains.is_empty() && !email.as_deref().is_some_and(|e| email_domain_allowed(e, &m.allowed_email_domains)) {
+    if !m.allowed_email_domains.is_empty()
+        && !email
+            .as_deref()
+            .is_some_and(|e| email_domain_allowed(e, &m.allowed_email_domains))
+    {
         return Err(Refusal::new(
             "email_domain_not_allowed",
             "Your email address is not from a domain that may use this Bitbucket. Sign in with your work account, or ask your Bitbucket administrator.",
@@ -116,12 +134,25 @@ pub fn profile(claims: &Claims, m: &Mapping, g: &Groups) -> Result<Profile, Refu
     let display_name = match &m.display_name {
         DisplayNameClaims::Single(c) => string_claim(claims, c),
         DisplayNameClaims::FirstLast { first, last } => {
-            let joined = [string_claim(claims, first), string_claim(claims, last)].into_iter().flatten().collect::<Vec<_>>().join(" ");
+            let joined = [string_claim(claims, first), string_claim(claims, last)]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
             (!joined.is_empty()).then_some(joined)
         }
     };
-    let groups = if g.enabled { groups_claim(claims.get(&g.claim)) } else { Vec::new() };
-    Ok(Profile { username, email, display_name, groups })
+    let groups = if g.enabled {
+        groups_claim(claims.get(&g.claim))
+    } else {
+        Vec::new()
+    };
+    Ok(Profile {
+        username,
+        email,
+        display_name,
+        groups,
+    })
 }
 
 fn lower(s: &str) -> String {
@@ -186,8 +217,14 @@ pub fn decide(p: &Profile, cur: Current<'_>, m: &Mapping, g: &Groups) -> Result<
     };
 
     if let Some(user) = cur.user {
-        let display_differs = p.display_name.as_ref().is_some_and(|d| Some(d) != user.display_name.as_ref());
-        let email_differs = p.email.as_ref().is_some_and(|e| !user.email.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(e)));
+        let display_differs = p
+            .display_name
+            .as_ref()
+            .is_some_and(|d| Some(d) != user.display_name.as_ref());
+        let email_differs = p
+            .email
+            .as_ref()
+            .is_some_and(|e| !user.email.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(e)));
         plan.update_profile = m.update_profile && user.mutable_details && (display_differs || email_differs);
         if !plan.update_profile {
             plan.display_name = user.display_name.clone().unwrap_or_else(|| user.name.clone());

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::config::{AssignDefaultTo, DisplayNameClaims, GroupMode, Groups, MatchBy, Mapping};
+use crate::config::{AssignDefaultTo, DisplayNameClaims, GroupMode, Groups, Mapping, MatchBy};
 
 fn mapping() -> Mapping {
     Mapping {
@@ -22,7 +22,10 @@ fn mapping() -> Mapping {
 
 fn groups() -> Groups {
     let mut map = BTreeMap::new();
-    map.insert("bitbucket-developers".to_owned(), vec!["dev".to_owned(), "engineering".to_owned()]);
+    map.insert(
+        "bitbucket-developers".to_owned(),
+        vec!["dev".to_owned(), "engineering".to_owned()],
+    );
     map.insert("bitbucket-admins".to_owned(), vec!["admins".to_owned()]);
     Groups {
         enabled: true,
@@ -44,7 +47,9 @@ fn claims(v: serde_json::Value) -> Claims {
 }
 
 fn alice_claims() -> Claims {
-    claims(json!({"cognito:username": "alice", "email": "alice@example.com", "name": "Alice", "cognito:groups": ["dev"]}))
+    claims(
+        json!({"cognito:username": "alice", "email": "alice@example.com", "name": "Alice", "cognito:groups": ["dev"]}),
+    )
 }
 
 fn user(name: &str) -> BitbucketUser {
@@ -80,7 +85,15 @@ fn email_domains_are_matched_exactly() {
     let allowed = s(&["example.com"]);
     assert!(email_domain_allowed("a@example.com", &allowed));
     assert!(email_domain_allowed("a@EXAMPLE.com", &allowed));
-    for bad in ["a@evil-example.com", "a@example.com.evil", "a@sub.example.com", "a@b@example.com", "@example.com", "example.com", "a@"] {
+    for bad in [
+        "a@evil-example.com",
+        "a@example.com.evil",
+        "a@sub.example.com",
+        "a@b@example.com",
+        "@example.com",
+        "example.com",
+        "a@",
+    ] {
         assert!(!email_domain_allowed(bad, &allowed), "{bad}");
     }
 }
@@ -88,28 +101,71 @@ fn email_domains_are_matched_exactly() {
 #[test]
 fn profile_reads_the_configured_claims() {
     let p = profile(&alice_claims(), &mapping(), &groups()).unwrap();
-    assert_eq!(p, Profile { username: "alice".into(), email: Some("alice@example.com".into()), display_name: Some("Alice".into()), groups: s(&["dev"]) });
+    assert_eq!(
+        p,
+        Profile {
+            username: "alice".into(),
+            email: Some("alice@example.com".into()),
+            display_name: Some("Alice".into()),
+            groups: s(&["dev"])
+        }
+    );
     let mut m = mapping();
-    m.display_name = DisplayNameClaims::FirstLast { first: "given_name".into(), last: "family_name".into() };
-    let p = profile(&claims(json!({"cognito:username": "b", "given_name": "Bob", "family_name": "Builder"})), &m, &groups()).unwrap();
+    m.display_name = DisplayNameClaims::FirstLast {
+        first: "given_name".into(),
+        last: "family_name".into(),
+    };
+    let p = profile(
+        &claims(json!({"cognito:username": "b", "given_name": "Bob", "family_name": "Builder"})),
+        &m,
+        &groups(),
+    )
+    .unwrap();
     assert_eq!(p.display_name.as_deref(), Some("Bob Builder"));
     let mut g = groups();
     g.enabled = false;
     assert!(profile(&alice_claims(), &mapping(), &g).unwrap().groups.is_empty());
-    assert_eq!(profile(&claims(json!({"email": "x@y"})), &mapping(), &groups()).unwrap_err().code, "username_missing");
+    assert_eq!(
+        profile(&claims(json!({"email": "x@y"})), &mapping(), &groups())
+            .unwrap_err()
+            .code,
+        "username_missing"
+    );
     let mut m = mapping();
     m.allowed_email_domains = s(&["example.com"]);
     assert!(profile(&alice_claims(), &m, &groups()).is_ok());
     let evil = claims(json!({"cognito:username": "e", "email": "e@evil-example.com"}));
-    assert_eq!(profile(&evil, &m, &groups()).unwrap_err().code, "email_domain_not_allowed");
+    assert_eq!(
+        profile(&evil, &m, &groups()).unwrap_err().code,
+        "email_domain_not_allowed"
+    );
     let no_email = claims(json!({"cognito:username": "e"}));
-    assert_eq!(profile(&no_email, &m, &groups()).unwrap_err().code, "email_domain_not_allowed");
+    assert_eq!(
+        profile(&no_email, &m, &groups()).unwrap_err().code,
+        "email_domain_not_allowed"
+    );
 }
 
-fn plan(p: &Profile, u: Option<&BitbucketUser>, current: &[&str], exist: &[&str], m: &Mapping, g: &Groups) -> Result<Plan, Refusal> {
+fn plan(
+    p: &Profile,
+    u: Option<&BitbucketUser>,
+    current: &[&str],
+    exist: &[&str],
+    m: &Mapping,
+    g: &Groups,
+) -> Result<Plan, Refusal> {
     let current = s(current);
     let exist = existing(exist);
-    decide(p, Current { user: u, groups: &current, existing_groups: &exist }, m, g)
+    decide(
+        p,
+        Current {
+            user: u,
+            groups: &current,
+            existing_groups: &exist,
+        },
+        m,
+        g,
+    )
 }
 
 #[test]
@@ -119,15 +175,25 @@ fn new_users_are_created_with_mapped_and_default_groups() {
     assert!(got.create_user);
     assert_eq!(got.username, "alice");
     assert_eq!(got.add_groups, s(&["bitbucket-developers", "stash-users"]));
-    assert_eq!(got.create_groups, s(&["bitbucket-developers"]), "a mapped group that does not exist is created");
+    assert_eq!(
+        got.create_groups,
+        s(&["bitbucket-developers"]),
+        "a mapped group that does not exist is created"
+    );
     assert!(got.remove_groups.is_empty());
 
     let mut m = mapping();
     m.allow_user_creation = false;
-    assert_eq!(plan(&p, None, &[], &[], &m, &groups()).unwrap_err().code, "user_not_found");
+    assert_eq!(
+        plan(&p, None, &[], &[], &m, &groups()).unwrap_err().code,
+        "user_not_found"
+    );
     let mut no_email = p.clone();
     no_email.email = None;
-    assert_eq!(plan(&no_email, None, &[], &[], &mapping(), &groups()).unwrap_err().code, "email_missing");
+    assert_eq!(
+        plan(&no_email, None, &[], &[], &mapping(), &groups()).unwrap_err().code,
+        "email_missing"
+    );
 }
 
 #[test]
@@ -135,7 +201,15 @@ fn existing_users_keep_their_bitbucket_name_and_get_profile_updates_when_allowed
     let mut p = profile(&alice_claims(), &mapping(), &groups()).unwrap();
     p.display_name = Some("Alice Renamed".into());
     let bb = user("Alice.Example");
-    let got = plan(&p, Some(&bb), &["stash-users"], &["stash-users", "bitbucket-developers"], &mapping(), &groups()).unwrap();
+    let got = plan(
+        &p,
+        Some(&bb),
+        &["stash-users"],
+        &["stash-users", "bitbucket-developers"],
+        &mapping(),
+        &groups(),
+    )
+    .unwrap();
     assert_eq!(got.username, "Alice.Example");
     assert!(!got.create_user && got.update_profile);
     assert_eq!(got.display_name, "Alice Renamed");
@@ -148,9 +222,17 @@ fn existing_users_keep_their_bitbucket_name_and_get_profile_updates_when_allowed
     readonly.mutable_details = false;
     readonly.mutable_groups = false;
     let got = plan(&p, Some(&readonly), &[], &[], &mapping(), &groups()).unwrap();
-    assert!(!got.update_profile && got.add_groups.is_empty() && got.remove_groups.is_empty(), "read-only directory users are never changed");
+    assert!(
+        !got.update_profile && got.add_groups.is_empty() && got.remove_groups.is_empty(),
+        "read-only directory users are never changed"
+    );
     p.display_name = Some("Alice".into());
-    assert!(!plan(&p, Some(&bb), &[], &[], &mapping(), &groups()).unwrap().update_profile, "nothing to update");
+    assert!(
+        !plan(&p, Some(&bb), &[], &[], &mapping(), &groups())
+            .unwrap()
+            .update_profile,
+        "nothing to update"
+    );
 }
 
 #[test]
@@ -159,7 +241,13 @@ fn group_sync_settings() {
     p.groups = s(&["engineering"]);
     let bb = user("alice");
     let current = ["stash-users", "bitbucket-admins", "local-admins", "manual-group"];
-    let all = ["stash-users", "bitbucket-admins", "local-admins", "bitbucket-developers", "manual-group"];
+    let all = [
+        "stash-users",
+        "bitbucket-admins",
+        "local-admins",
+        "bitbucket-developers",
+        "manual-group",
+    ];
 
     let keep = plan(&p, Some(&bb), &current, &all, &mapping(), &groups()).unwrap();
     assert_eq!(keep.add_groups, s(&["bitbucket-developers"]));
@@ -168,7 +256,11 @@ fn group_sync_settings() {
     let mut g = groups();
     g.keep_existing = false;
     let sync = plan(&p, Some(&bb), &current, &all, &mapping(), &g).unwrap();
-    assert_eq!(sync.remove_groups, s(&["bitbucket-admins", "manual-group"]), "excluded and default groups stay");
+    assert_eq!(
+        sync.remove_groups,
+        s(&["bitbucket-admins", "manual-group"]),
+        "excluded and default groups stay"
+    );
 
     g.sync_existing_users = false;
     let untouched = plan(&p, Some(&bb), &current, &all, &mapping(), &g).unwrap();
@@ -176,10 +268,25 @@ fn group_sync_settings() {
 
     let mut g = groups();
     g.assign_default_to = AssignDefaultTo::New;
-    assert!(!plan(&p, Some(&bb), &[], &all, &mapping(), &g).unwrap().add_groups.contains(&"stash-users".to_owned()));
-    assert!(plan(&p, None, &[], &all, &mapping(), &g).unwrap().add_groups.contains(&"stash-users".to_owned()));
+    assert!(
+        !plan(&p, Some(&bb), &[], &all, &mapping(), &g)
+            .unwrap()
+            .add_groups
+            .contains(&"stash-users".to_owned())
+    );
+    assert!(
+        plan(&p, None, &[], &all, &mapping(), &g)
+            .unwrap()
+            .add_groups
+            .contains(&"stash-users".to_owned())
+    );
     g.assign_default_to = AssignDefaultTo::None;
-    assert!(!plan(&p, None, &[], &all, &mapping(), &g).unwrap().add_groups.contains(&"stash-users".to_owned()));
+    assert!(
+        !plan(&p, None, &[], &all, &mapping(), &g)
+            .unwrap()
+            .add_groups
+            .contains(&"stash-users".to_owned())
+    );
 
     let mut g = groups();
     g.enabled = false;
@@ -194,7 +301,11 @@ fn on_the_fly_uses_the_same_names_and_creates_only_when_asked() {
     let mut p = profile(&alice_claims(), &mapping(), &g).unwrap();
     p.groups = s(&["dev", "ops", "local-admins"]);
     let got = plan(&p, None, &[], &["dev", "stash-users"], &mapping(), &g).unwrap();
-    assert_eq!(got.add_groups, s(&["dev", "stash-users"]), "ops does not exist and is not created; local-admins is excluded");
+    assert_eq!(
+        got.add_groups,
+        s(&["dev", "stash-users"]),
+        "ops does not exist and is not created; local-admins is excluded"
+    );
     assert!(got.create_groups.is_empty());
     g.create_missing = true;
     let got = plan(&p, None, &[], &["dev", "stash-users"], &mapping(), &g).unwrap();
@@ -209,29 +320,60 @@ fn require_mapped_group_blocks_only_new_users_without_one() {
     let mut p = profile(&alice_claims(), &mapping(), &g).unwrap();
     assert!(plan(&p, None, &[], &[], &mapping(), &g).is_ok());
     p.groups = s(&["unrelated"]);
-    assert_eq!(plan(&p, None, &[], &[], &mapping(), &g).unwrap_err().code, "no_mapped_group");
-    assert!(plan(&p, Some(&user("alice")), &[], &[], &mapping(), &g).is_ok(), "existing users are not blocked");
+    assert_eq!(
+        plan(&p, None, &[], &[], &mapping(), &g).unwrap_err().code,
+        "no_mapped_group"
+    );
+    assert!(
+        plan(&p, Some(&user("alice")), &[], &[], &mapping(), &g).is_ok(),
+        "existing users are not blocked"
+    );
     g.mode = GroupMode::OnTheFly;
     p.groups = s(&["missing-in-bitbucket"]);
-    assert_eq!(plan(&p, None, &[], &[], &mapping(), &g).unwrap_err().code, "no_mapped_group");
+    assert_eq!(
+        plan(&p, None, &[], &[], &mapping(), &g).unwrap_err().code,
+        "no_mapped_group"
+    );
 }
 
 fn arb_groups() -> impl Strategy<Value = Vec<String>> {
-    prop::collection::vec(prop::sample::select(vec!["dev", "engineering", "admins", "ops", "local-admins", "stash-users", "bitbucket-developers", "bitbucket-admins", "qa"]), 0..6)
-        .prop_map(|v| v.into_iter().map(str::to_owned).collect())
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "dev",
+            "engineering",
+            "admins",
+            "ops",
+            "local-admins",
+            "stash-users",
+            "bitbucket-developers",
+            "bitbucket-admins",
+            "qa",
+        ]),
+        0..6,
+    )
+    .prop_map(|v| v.into_iter().map(str::to_owned).collect())
 }
 
 fn arb_config() -> impl Strategy<Value = Groups> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 0..3u8).prop_map(|(manual, keep, sync, create, require, assign)| {
-        let mut g = groups();
-        g.mode = if manual { GroupMode::Manual } else { GroupMode::OnTheFly };
-        g.keep_existing = keep;
-        g.sync_existing_users = sync;
-        g.create_missing = create && !manual;
-        g.require_mapped_group = require;
-        g.assign_default_to = [AssignDefaultTo::All, AssignDefaultTo::New, AssignDefaultTo::None][usize::from(assign)];
-        g
-    })
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0..3u8,
+    )
+        .prop_map(|(manual, keep, sync, create, require, assign)| {
+            let mut g = groups();
+            g.mode = if manual { GroupMode::Manual } else { GroupMode::OnTheFly };
+            g.keep_existing = keep;
+            g.sync_existing_users = sync;
+            g.create_missing = create && !manual;
+            g.require_mapped_group = require;
+            g.assign_default_to =
+                [AssignDefaultTo::All, AssignDefaultTo::New, AssignDefaultTo::None][usize::from(assign)];
+            g
+        })
 }
 
 proptest! {

@@ -75,10 +75,20 @@ fn key(name: &str) -> String {
 impl Standin {
     /// An empty stand-in with the given settings and the admin account.
     pub fn new(settings: Settings) -> Self {
-        let s = Standin { settings: Arc::new(settings), state: Arc::new(Mutex::new(State::default())) };
+        let s = Standin {
+            settings: Arc::new(settings),
+            state: Arc::new(Mutex::new(State::default())),
+        };
         let admin = s.settings.admin_user.clone();
         let password = s.settings.admin_password.clone();
-        s.add_user(&admin, "Provisioning service", "sso-provisioner@localhost", &password, true, &[]);
+        s.add_user(
+            &admin,
+            "Provisioning service",
+            "sso-provisioner@localhost",
+            &password,
+            true,
+            &[],
+        );
         s
     }
 
@@ -87,7 +97,15 @@ impl Standin {
     }
 
     /// Adds a user (and any group it names).
-    pub fn add_user(&self, name: &str, display_name: &str, email: &str, password: &str, mutable: bool, groups: &[&str]) {
+    pub fn add_user(
+        &self,
+        name: &str,
+        display_name: &str,
+        email: &str,
+        password: &str,
+        mutable: bool,
+        groups: &[&str],
+    ) {
         let mut st = self.lock();
         for g in groups {
             st.groups.insert((*g).to_owned());
@@ -99,7 +117,11 @@ impl Standin {
                 display_name: display_name.to_owned(),
                 email: email.to_owned(),
                 password: password.to_owned(),
-                directory: if mutable { "Bitbucket Internal Directory".into() } else { "LDAP".into() },
+                directory: if mutable {
+                    "Bitbucket Internal Directory".into()
+                } else {
+                    "LDAP".into()
+                },
                 mutable,
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             },
@@ -139,7 +161,9 @@ impl Standin {
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -157,8 +181,9 @@ impl Standin {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let path = parts.uri.path().to_owned();
-        let query: HashMap<String, String> =
-            url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        let query: HashMap<String, String> = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
         self.lock().requests.push(format!("{} {}", parts.method, parts.uri));
 
         if path == "/status" {
@@ -171,33 +196,58 @@ impl Standin {
         let mut reply = match (parts.method.as_str(), path.as_str()) {
             (_, p) if p.starts_with("/rest/") || p.starts_with("/scm/") => match &user {
                 Some(u) => json_reply(StatusCode::OK, self.whoami(u)),
-                None => json_reply(StatusCode::UNAUTHORIZED, json!({"errors": [{"message": "Authentication required"}]})),
+                None => json_reply(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"errors": [{"message": "Authentication required"}]}),
+                ),
             },
-            ("GET", "/login") => html(StatusCode::OK, "<h1>Log in to Bitbucket</h1><form method=\"post\" action=\"/j_atl_security_check\"><input name=\"j_username\"><input name=\"j_password\" type=\"password\"><button>Log in</button></form>"),
+            ("GET", "/login") => html(
+                StatusCode::OK,
+                "<h1>Log in to Bitbucket</h1><form method=\"post\" action=\"/j_atl_security_check\"><input name=\"j_username\"><input name=\"j_password\" type=\"password\"><button>Log in</button></form>",
+            ),
             ("POST", "/j_atl_security_check") => self.password_login(&body),
             (_, "/j_atl_security_logout") => {
                 let mut r = redirect("/login?logout=true");
                 if let Some(sid) = session_id(&parts.headers) {
                     self.lock().sessions.remove(&sid);
                 }
-                r.headers_mut().append(header::SET_COOKIE, header::HeaderValue::from_static("BITBUCKETSESSIONID=; Path=/; Max-Age=0"));
+                r.headers_mut().append(
+                    header::SET_COOKIE,
+                    header::HeaderValue::from_static("BITBUCKETSESSIONID=; Path=/; Max-Age=0"),
+                );
                 r
             }
             _ => match &user {
                 Some(u) => {
                     let me = self.whoami(u);
-                    if parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json")) {
+                    if parts
+                        .headers
+                        .get(header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|a| a.contains("application/json"))
+                    {
                         json_reply(StatusCode::OK, me)
                     } else {
-                        html(StatusCode::OK, &format!(
-                            "<h1>Bitbucket stand-in</h1><p>Logged in as <strong id=\"user\">{}</strong> ({})</p><p>Groups: <span id=\"groups\">{}</span></p><p><a href=\"/j_atl_security_logout\">Log out</a></p>",
-                            crate::web::escape_html(&me["name"].as_str().unwrap_or_default().to_owned()),
-                            crate::web::escape_html(me["displayName"].as_str().unwrap_or_default()),
-                            crate::web::escape_html(&me["groups"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
-                        ))
+                        html(
+                            StatusCode::OK,
+                            &format!(
+                                "<h1>Bitbucket stand-in</h1><p>Logged in as <strong id=\"user\">{}</strong> ({})</p><p>Groups: <span id=\"groups\">{}</span></p><p><a href=\"/j_atl_security_logout\">Log out</a></p>",
+                                crate::web::escape_html(&me["name"].as_str().unwrap_or_default().to_owned()),
+                                crate::web::escape_html(me["displayName"].as_str().unwrap_or_default()),
+                                crate::web::escape_html(
+                                    &me["groups"]
+                                        .as_array()
+                                        .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                                        .unwrap_or_default()
+                                ),
+                            ),
+                        )
                     }
                 }
-                None => redirect(&format!("/login?next={}", url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>())),
+                None => redirect(&format!(
+                    "/login?next={}",
+                    url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>()
+                )),
             },
         };
         if let Some(c) = set_cookie {
@@ -209,18 +259,31 @@ impl Standin {
     fn whoami(&self, name: &str) -> Value {
         let st = self.lock();
         match st.users.get(&key(name)) {
-            Some(u) => json!({"name": u.name, "displayName": u.display_name, "emailAddress": u.email, "groups": u.groups}),
+            Some(u) => {
+                json!({"name": u.name, "displayName": u.display_name, "emailAddress": u.email, "groups": u.groups})
+            }
             None => json!({"name": name}),
         }
     }
 
     /// The companion authenticator: identity headers first, then the session, with `validateAuthentication`'s rule.
-    fn authenticate(&self, headers: &http::HeaderMap, peer: SocketAddr) -> (Option<String>, Option<header::HeaderValue>) {
-        let named = headers.get(self.settings.user_header.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let assertion = headers.get(self.settings.assertion_header.as_str()).and_then(|v| v.to_str().ok());
+    fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+    ) -> (Option<String>, Option<header::HeaderValue>) {
+        let named = headers
+            .get(self.settings.user_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let assertion = headers
+            .get(self.settings.assertion_header.as_str())
+            .and_then(|v| v.to_str().ok());
         let trusted = self.settings.trusted.iter().any(|n| n.contains(&peer.ip()));
         let asserted = match (&named, assertion) {
-            (Some(user), Some(token)) if trusted && self.verify(token, user) && self.user(user).is_some() => Some(user.clone()),
+            (Some(user), Some(token)) if trusted && self.verify(token, user) && self.user(user).is_some() => {
+                Some(user.clone())
+            }
             _ => None,
         };
         let sid = session_id(headers);
@@ -234,14 +297,20 @@ impl Standin {
                 }
                 let new_sid = crate::oidc::flow::random_token(16);
                 st.sessions.insert(new_sid.clone(), (user.clone(), true));
-                (Some(user), header::HeaderValue::from_str(&format!("BITBUCKETSESSIONID={new_sid}; Path=/; HttpOnly")).ok())
+                (
+                    Some(user),
+                    header::HeaderValue::from_str(&format!("BITBUCKETSESSIONID={new_sid}; Path=/; HttpOnly")).ok(),
+                )
             }
             // A session the identity headers created ends when a later request names nobody.
             (None, Some((_, true))) => {
                 if let Some(s) = &sid {
                     st.sessions.remove(s);
                 }
-                (None, header::HeaderValue::from_static("BITBUCKETSESSIONID=; Path=/; Max-Age=0").into())
+                (
+                    None,
+                    header::HeaderValue::from_static("BITBUCKETSESSIONID=; Path=/; Max-Age=0").into(),
+                )
             }
             (None, Some((user, false))) => (Some(user), None),
             (None, None) => (None, None),
@@ -253,16 +322,28 @@ impl Standin {
         v.set_audience(&["bitbucket"]);
         v.set_issuer(&[self.settings.issuer.as_str()]);
         v.leeway = 60;
-        jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_secret(self.settings.assertion_secret.as_bytes()), &v)
-            .is_ok_and(|d| d.claims["sub"].as_str() == Some(user))
+        jsonwebtoken::decode::<Value>(
+            token,
+            &jsonwebtoken::DecodingKey::from_secret(self.settings.assertion_secret.as_bytes()),
+            &v,
+        )
+        .is_ok_and(|d| d.claims["sub"].as_str() == Some(user))
     }
 
     fn password_login(&self, body: &[u8]) -> Reply {
         let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-        let (name, password) = (form.get("j_username").cloned().unwrap_or_default(), form.get("j_password").cloned().unwrap_or_default());
-        let ok = self.user(&name).is_some_and(|u| crate::oidc::id_token::constant_time_eq(u.password.as_bytes(), password.as_bytes()));
+        let (name, password) = (
+            form.get("j_username").cloned().unwrap_or_default(),
+            form.get("j_password").cloned().unwrap_or_default(),
+        );
+        let ok = self
+            .user(&name)
+            .is_some_and(|u| crate::oidc::id_token::constant_time_eq(u.password.as_bytes(), password.as_bytes()));
         if !ok {
-            return html(StatusCode::UNAUTHORIZED, "<h1>Log in to Bitbucket</h1><p>Wrong username or password.</p>");
+            return html(
+                StatusCode::UNAUTHORIZED,
+                "<h1>Log in to Bitbucket</h1><p>Wrong username or password.</p>",
+            );
         }
         let sid = crate::oidc::flow::random_token(16);
         self.lock().sessions.insert(sid.clone(), (name, false));
@@ -275,20 +356,30 @@ impl Standin {
 }
 
 fn session_id(headers: &http::HeaderMap) -> Option<String> {
-    crate::session::cookies::get(headers, "BITBUCKETSESSIONID").filter(|v| !v.is_empty()).map(str::to_owned)
+    crate::session::cookies::get(headers, "BITBUCKETSESSIONID")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 fn json_reply(status: StatusCode, v: Value) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn html(status: StatusCode, body: &str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(format!("<!doctype html><html><body>{body}</body></html>"))));
+    let mut r = Response::new(Full::new(Bytes::from(format!(
+        "<!doctype html><html><body>{body}</body></html>"
+    ))));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     r
 }
 

@@ -21,11 +21,17 @@ fn error(status: StatusCode, message: &str) -> Reply {
 /// Bitbucket's paged response.
 fn page(items: Vec<Value>, query: &HashMap<String, String>) -> Reply {
     let start: usize = query.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let limit: usize = query.get("limit").and_then(|s| s.parse().ok()).filter(|l| *l > 0).unwrap_or(25).min(1000);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|s| s.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(25)
+        .min(1000);
     let total = items.len();
     let values: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
     let is_last = start + values.len() >= total;
-    let mut body = json!({"size": values.len(), "limit": limit, "start": start, "isLastPage": is_last, "values": values});
+    let mut body =
+        json!({"size": values.len(), "limit": limit, "start": start, "isLastPage": is_last, "values": values});
     if !is_last {
         body["nextPageStart"] = json!(start + limit);
     }
@@ -58,9 +64,14 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
         .and_then(|b| String::from_utf8(b).ok())
         .is_some_and(|cred| cred == format!("{}:{}", s.settings.admin_user, s.settings.admin_password));
     if !authorized {
-        return error(StatusCode::UNAUTHORIZED, "Authentication failed. Please check your credentials and try again.");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Authentication failed. Please check your credentials and try again.",
+        );
     }
-    if parts.method != Method::GET && parts.headers.get("x-atlassian-token").and_then(|v| v.to_str().ok()) != Some("no-check") {
+    if parts.method != Method::GET
+        && parts.headers.get("x-atlassian-token").and_then(|v| v.to_str().ok()) != Some("no-check")
+    {
         return error(StatusCode::FORBIDDEN, "XSRF check failed");
     }
     let json_body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -68,14 +79,26 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
     let mut st = s.lock();
     match (parts.method.as_str(), path) {
         ("GET", "/rest/api/1.0/admin/users") => {
-            let items = st.users.values().filter(|u| matches(filter, &[&u.name, &u.display_name, &u.email])).map(user_json).collect();
+            let items = st
+                .users
+                .values()
+                .filter(|u| matches(filter, &[&u.name, &u.display_name, &u.email]))
+                .map(user_json)
+                .collect();
             page(items, query)
         }
         ("POST", "/rest/api/1.0/admin/users") => {
-            let (Some(name), Some(display), Some(email)) = (query.get("name"), query.get("displayName"), query.get("emailAddress")) else {
-                return error(StatusCode::BAD_REQUEST, "name, displayName and emailAddress are required");
+            let (Some(name), Some(display), Some(email)) =
+                (query.get("name"), query.get("displayName"), query.get("emailAddress"))
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "name, displayName and emailAddress are required",
+                );
             };
-            if query.get("password").is_none_or(String::is_empty) && query.get("notify").map(String::as_str) != Some("true") {
+            if query.get("password").is_none_or(String::is_empty)
+                && query.get("notify").map(String::as_str) != Some("true")
+            {
                 return error(StatusCode::BAD_REQUEST, "A password is required unless notify is set");
             }
             if st.users.contains_key(&key(name)) {
@@ -85,7 +108,8 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
                 return error(StatusCode::FORBIDDEN, "You have reached your licence limit");
             }
             let mut groups = std::collections::BTreeSet::new();
-            if query.get("addToDefaultGroup").map(String::as_str) != Some("false") && st.groups.contains("stash-users") {
+            if query.get("addToDefaultGroup").map(String::as_str) != Some("false") && st.groups.contains("stash-users")
+            {
                 groups.insert("stash-users".to_owned());
             }
             let user = User {
@@ -101,8 +125,12 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             empty(StatusCode::NO_CONTENT)
         }
         ("PUT", "/rest/api/1.0/admin/users") => {
-            let Some(name) = json_body["name"].as_str() else { return error(StatusCode::BAD_REQUEST, "name is required") };
-            let Some(user) = st.users.get_mut(&key(name)) else { return error(StatusCode::NOT_FOUND, "No such user") };
+            let Some(name) = json_body["name"].as_str() else {
+                return error(StatusCode::BAD_REQUEST, "name is required");
+            };
+            let Some(user) = st.users.get_mut(&key(name)) else {
+                return error(StatusCode::NOT_FOUND, "No such user");
+            };
             if !user.mutable {
                 return error(StatusCode::BAD_REQUEST, "The user's directory is read-only");
             }
@@ -115,11 +143,18 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             json_reply(StatusCode::OK, user_json(user))
         }
         ("GET", "/rest/api/1.0/admin/groups") => {
-            let items = st.groups.iter().filter(|g| matches(filter, &[g])).map(|g| json!({"name": g, "deletable": true})).collect();
+            let items = st
+                .groups
+                .iter()
+                .filter(|g| matches(filter, &[g]))
+                .map(|g| json!({"name": g, "deletable": true}))
+                .collect();
             page(items, query)
         }
         ("POST", "/rest/api/1.0/admin/groups") => {
-            let Some(name) = query.get("name").filter(|n| !n.is_empty()) else { return error(StatusCode::BAD_REQUEST, "name is required") };
+            let Some(name) = query.get("name").filter(|n| !n.is_empty()) else {
+                return error(StatusCode::BAD_REQUEST, "name is required");
+            };
             if st.groups.iter().any(|g| g.eq_ignore_ascii_case(name)) {
                 return error(StatusCode::CONFLICT, "A group with that name already exists");
             }
@@ -127,12 +162,19 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             json_reply(StatusCode::OK, json!({"name": name, "deletable": true}))
         }
         ("POST", "/rest/api/1.0/admin/users/add-groups") => {
-            let Some(name) = json_body["user"].as_str() else { return error(StatusCode::BAD_REQUEST, "user is required") };
-            let groups: Vec<String> = json_body["groups"].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default();
+            let Some(name) = json_body["user"].as_str() else {
+                return error(StatusCode::BAD_REQUEST, "user is required");
+            };
+            let groups: Vec<String> = json_body["groups"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default();
             if let Some(missing) = groups.iter().find(|g| !st.groups.contains(*g)) {
                 return error(StatusCode::NOT_FOUND, &format!("No such group: {missing}"));
             }
-            let Some(user) = st.users.get_mut(&key(name)) else { return error(StatusCode::NOT_FOUND, "No such user") };
+            let Some(user) = st.users.get_mut(&key(name)) else {
+                return error(StatusCode::NOT_FOUND, "No such user");
+            };
             if !user.mutable {
                 return error(StatusCode::FORBIDDEN, "The user's directory is read-only");
             }
@@ -144,7 +186,9 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
                 return error(StatusCode::BAD_REQUEST, "context and itemName are required");
             };
             let exists = st.groups.contains(group);
-            let Some(user) = st.users.get_mut(&key(name)) else { return error(StatusCode::NOT_FOUND, "No such user") };
+            let Some(user) = st.users.get_mut(&key(name)) else {
+                return error(StatusCode::NOT_FOUND, "No such user");
+            };
             if !exists {
                 return error(StatusCode::NOT_FOUND, "No such group");
             }
@@ -155,8 +199,15 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             empty(StatusCode::OK)
         }
         ("GET", "/rest/api/1.0/admin/users/more-members") => {
-            let Some(user) = query.get("context").and_then(|c| st.users.get(&key(c))) else { return error(StatusCode::NOT_FOUND, "No such user") };
-            let items = user.groups.iter().filter(|g| matches(filter, &[g])).map(|g| json!({"name": g, "deletable": true})).collect();
+            let Some(user) = query.get("context").and_then(|c| st.users.get(&key(c))) else {
+                return error(StatusCode::NOT_FOUND, "No such user");
+            };
+            let items = user
+                .groups
+                .iter()
+                .filter(|g| matches(filter, &[g]))
+                .map(|g| json!({"name": g, "deletable": true}))
+                .collect();
             page(items, query)
         }
         _ => error(StatusCode::NOT_FOUND, "No such endpoint in the stand-in"),

@@ -429,8 +429,17 @@ impl Sso {
         let admitted = match self.provisioner.admit(&claims, ctx.origin()).await {
             Ok(a) => a,
             Err(refused) => {
-                let status = if refused.refusal.code == "provisioning_failed" { StatusCode::BAD_GATEWAY } else { StatusCode::FORBIDDEN };
-                let page = Page::new(status, refused.refusal.code, "You cannot be signed in", &refused.refusal.message);
+                let status = if refused.refusal.code == "provisioning_failed" {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                let page = Page::new(
+                    status,
+                    refused.refusal.code,
+                    "You cannot be signed in",
+                    &refused.refusal.message,
+                );
                 return Err(self.fail(ctx, page, Some(pid), &refused.detail));
             }
         };
@@ -679,7 +688,6 @@ fn normalize_claims(claims: &mut crate::oidc::id_token::Claims) {
         *v = Value::Bool(s.eq_ignore_ascii_case("true"));
     }
 }
-
 
 /// A 302 to `location`, never cached.
 pub fn redirect(location: &str) -> Reply {
