@@ -245,6 +245,13 @@ const CASES: &[Case] = &[
         says: "add a [bitbucket] section",
     },
     Case {
+        name: "match by email without REST",
+        replace: ("[sso]", "[mapping]\nmatch_by = \"email\"\n\n[sso]"),
+        line: 27,
+        key: "mapping.match_by",
+        says: "needs Bitbucket REST access",
+    },
+    Case {
         name: "manual groups without map",
         replace: (
             "[sso]",

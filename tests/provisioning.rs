@@ -256,6 +256,27 @@ async fn two_first_sign_ins_at_once_both_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_on_create_from_a_concurrent_sign_in_is_handled() {
+    let e = env(MANUAL, ADMIN_PASSWORD, |s| {
+        s.add_group("stash-users");
+        s.simulate_concurrent_create();
+    })
+    .await;
+    let page = sign_in_as(&e, "alice").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<strong id=\"user\">alice</strong>"));
+    assert_eq!(
+        groups(&e, "alice"),
+        vec!["bitbucket-developers", "stash-users"],
+        "groups synced against the user the other sign-in created"
+    );
+    assert!(
+        !e.proxy.log_text().contains("\"event\":\"user_created\""),
+        "this sign-in did not create the user"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bitbucket_down_or_a_wrong_service_account_refuses_cleanly_and_grants_nothing() {
     let e = env(MANUAL, "wrong-password", |_| {}).await;
     let page = sign_in_as(&e, "alice").await;

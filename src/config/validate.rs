@@ -886,6 +886,13 @@ fn mapping(raw: Option<Spanned<raw::RawMapping>>, has_bitbucket: bool, ctx: &mut
             DisplayNameClaims::Single(String::new())
         }
     };
+    if match_by == MatchBy::Email && !has_bitbucket {
+        ctx.at(
+            m.match_by.as_ref().map(|v| v.span()).unwrap_or(span.clone()),
+            "mapping.match_by",
+            "matching by email needs Bitbucket REST access to look users up: add a [bitbucket] section, or use match_by = \"username\"",
+        );
+    }
     let allow_user_creation = flag(&m.allow_user_creation, has_bitbucket);
     if allow_user_creation && !has_bitbucket {
         ctx.at(m.allow_user_creation.as_ref().map(|v| v.span()).unwrap_or(span.clone()), "mapping.allow_user_creation",

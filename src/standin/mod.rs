@@ -56,6 +56,8 @@ struct State {
     /// BITBUCKETSESSIONID → (user, authenticated by the identity headers)
     sessions: HashMap<String, (String, bool)>,
     rest_down: bool,
+    /// The next user creation finds the user already created by "someone else" and answers 409.
+    conflict_next_create: bool,
     requests: Vec<String>,
 }
 
@@ -153,6 +155,11 @@ impl Standin {
         self.lock().rest_down = down;
     }
 
+    /// Makes the next user creation race with a concurrent one: the user appears, and the call answers 409.
+    pub fn simulate_concurrent_create(&self) {
+        self.lock().conflict_next_create = true;
+    }
+
     /// Every request seen, as "METHOD path?query" (for tests).
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -232,7 +239,7 @@ impl Standin {
                             StatusCode::OK,
                             &format!(
                                 "<h1>Bitbucket stand-in</h1><p>Logged in as <strong id=\"user\">{}</strong> ({})</p><p>Groups: <span id=\"groups\">{}</span></p><p><a href=\"/j_atl_security_logout\">Log out</a></p>",
-                                crate::web::escape_html(&me["name"].as_str().unwrap_or_default().to_owned()),
+                                crate::web::escape_html(me["name"].as_str().unwrap_or_default()),
                                 crate::web::escape_html(me["displayName"].as_str().unwrap_or_default()),
                                 crate::web::escape_html(
                                     &me["groups"]

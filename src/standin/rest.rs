@@ -101,7 +101,20 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             {
                 return error(StatusCode::BAD_REQUEST, "A password is required unless notify is set");
             }
-            if st.users.contains_key(&key(name)) {
+            let raced = std::mem::take(&mut st.conflict_next_create);
+            if st.users.contains_key(&key(name)) || raced {
+                if raced {
+                    let user = User {
+                        name: name.clone(),
+                        display_name: display.clone(),
+                        email: email.clone(),
+                        password: String::new(),
+                        directory: "Bitbucket Internal Directory".into(),
+                        mutable: true,
+                        groups: Default::default(),
+                    };
+                    st.users.insert(key(name), user);
+                }
                 return error(StatusCode::CONFLICT, "A user with that name already exists");
             }
             if st.users.len() >= s.settings.max_users {
