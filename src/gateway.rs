@@ -53,6 +53,7 @@ impl Gateway {
                 .unwrap_or(http::HeaderName::from_static("x-bbsso-assertion")),
         );
         let proxy = Proxy::new(&config.upstream, config.server.trusted_proxies.clone(), hygiene, names);
+        web::templates::install(web::templates::Templates::load(config.ui.templates_dir.as_deref()));
         let sso = Arc::new(Sso::new(config.clone()));
         Gateway {
             config,
@@ -126,11 +127,19 @@ impl Gateway {
                 Lookup::None => None,
             };
             let normalized = route::normalize_path(req.uri().path());
+            let backdoor = if self.config.sso.enabled && found.is_none() {
+                let (pass, grant) = self.sso.backdoor(&normalized, req.uri().query(), req.headers(), &ctx);
+                set_cookies.extend(grant);
+                pass
+            } else {
+                false
+            };
             let facts = Facts {
                 route,
                 path: &normalized,
                 method: req.method(),
                 has_session: found.is_some(),
+                backdoor,
                 has_authorization: req.headers().contains_key(http::header::AUTHORIZATION),
                 navigation: access::is_navigation(req.method(), req.headers()),
             };
@@ -157,6 +166,17 @@ impl Gateway {
                     "Sign in to Bitbucket in the browser first, or send an access token or Basic credentials.",
                 )
                 .render(&record.request_id, false)),
+                (Access::Login, _) if normalized == "/login" => {
+                    // Bitbucket's login page: back to where `next` pointed, after a countdown when configured.
+                    let next = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                        .find(|(k, _)| k == "next")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_else(|| "/".to_owned());
+                    own(self.sso.countdown(&next).unwrap_or_else(|| {
+                        let rd: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+                        sso::redirect(&format!("/sso/login?rd={rd}"))
+                    }))
+                }
                 (Access::Login, _) => {
                     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
                     let rd: String = url::form_urlencoded::byte_serialize(path_and_query.as_bytes()).collect();

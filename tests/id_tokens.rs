@@ -165,13 +165,13 @@ async fn bad_id_tokens_are_refused_each_with_its_reason() {
             refused.body
         );
         assert!(
-            refused.body.contains("reference"),
+            refused.body.contains("Reference <code>"),
             "{name}: the page carries a reference"
         );
         assert!(!refused.body.contains("eyJ"), "{name}: no token on the page");
         let reference = refused
             .body
-            .split("reference <code>")
+            .split("Reference <code>")
             .nth(1)
             .and_then(|r| r.split('<').next())
             .expect("reference")

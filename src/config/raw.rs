@@ -74,6 +74,7 @@ pub struct RawSession {
     pub lifetime: Option<Str>,
     pub idle_timeout: Option<Str>,
     pub remember_me_lifetime: Option<Str>,
+    pub remember_me_default: Option<Spanned<bool>>,
     pub revalidate_every: Option<Str>,
     pub store: Option<Str>,
     pub redis_url: Option<Str>,
@@ -184,6 +185,7 @@ pub struct RawUi {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub test_page_groups: Option<StrList>,
+    pub test_page_any_user: Option<Spanned<bool>>,
 }
 
 /// `[log]`

@@ -104,6 +104,8 @@ pub struct Session {
     pub lifetime: Duration,
     pub idle_timeout: Duration,
     pub remember_me_lifetime: Duration,
+    /// Whether "keep me signed in" is ticked when the login page is skipped or first shown.
+    pub remember_me_default: bool,
     pub revalidate_every: Option<Duration>,
     pub store: SessionStore,
     pub redis_url: Option<Secret>,
@@ -272,6 +274,8 @@ pub struct Ui {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub test_page_groups: Vec<String>,
+    /// With an empty `test_page_groups`: whether any signed-in user may open `/sso/test`.
+    pub test_page_any_user: bool,
 }
 
 /// Log output format.

@@ -353,6 +353,7 @@ pub fn validate(raw: raw::RawConfig, ctx: &mut Ctx<'_>) -> Option<Config> {
     let (admin_raw, _) = section(raw.admin);
     let admin = Admin {
         test_page_groups: ctx.list(&admin_raw.test_page_groups, "admin.test_page_groups", &[]),
+        test_page_any_user: flag(&admin_raw.test_page_any_user, false),
     };
     let log = log(raw.log, ctx);
 
@@ -679,6 +680,7 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
         lifetime,
         idle_timeout,
         remember_me_lifetime,
+        remember_me_default: flag(&s.remember_me_default, false),
         revalidate_every,
         store,
         redis_url,

@@ -22,6 +22,8 @@ pub struct CookieNames {
     pub pending_prefix: String,
     /// Marks that a failed callback already restarted the sign-in once.
     pub restarted: String,
+    /// An emergency (backdoor) pass.
+    pub backdoor: String,
 }
 
 impl CookieNames {
@@ -33,6 +35,7 @@ impl CookieNames {
             session: format!("{prefix}{base}"),
             pending_prefix: format!("{prefix}{base}_login_"),
             restarted: format!("{prefix}{base}_restarted"),
+            backdoor: format!("{prefix}{base}_backdoor"),
         }
     }
 

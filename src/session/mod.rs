@@ -142,6 +142,7 @@ mod tests {
             lifetime: Duration::from_secs(8 * 3600),
             idle_timeout: Duration::from_secs(3600),
             remember_me_lifetime: Duration::from_secs(30 * 86400),
+            remember_me_default: false,
             revalidate_every: revalidate.map(Duration::from_secs),
             store: config::SessionStore::Cookie,
             redis_url: None,

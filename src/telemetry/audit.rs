@@ -35,3 +35,13 @@ pub fn session_ended(o: Origin<'_>, user: &str, provider: &str, reason: &str) {
 pub fn bitbucket_change(o: Origin<'_>, event: &str, user: &str, group: Option<&str>) {
     tracing::info!(target: "audit", event, user, group, request_id = o.request_id, client_ip = %o.client_ip, "Bitbucket changed");
 }
+
+/// The emergency login was used.
+pub fn backdoor_used(o: Origin<'_>) {
+    tracing::warn!(target: "audit", event = "backdoor_used", request_id = o.request_id, client_ip = %o.client_ip, "emergency login to Bitbucket's own form granted");
+}
+
+/// An attempt at the emergency login was refused: `reason` is `disabled`, `missing_key`, `wrong_key` or `network`.
+pub fn backdoor_refused(o: Origin<'_>, reason: &str) {
+    tracing::warn!(target: "audit", event = "backdoor_refused", reason, request_id = o.request_id, client_ip = %o.client_ip, "emergency login refused");
+}

@@ -2,6 +2,7 @@
 
 pub mod return_path;
 pub mod sso;
+pub mod templates;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -57,31 +58,21 @@ impl<'a> Page<'a> {
 
     /// The response: HTML for browsers, JSON otherwise, never cached.
     pub fn render(&self, request_id: &str, html: bool) -> Response<Full<Bytes>> {
-        let (body, content_type) = if html {
-            (self.html(request_id), "text/html; charset=utf-8")
-        } else {
-            let json = format!(
-                "{{\"error\":{},\"message\":{},\"status\":{},\"request_id\":{}}}",
-                json_string(self.code),
-                json_string(self.message),
-                self.status.as_u16(),
-                json_string(request_id)
-            );
-            (json, "application/json")
-        };
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        if html {
+            return html_page(self.status, self.html(request_id));
+        }
+        let json = format!(
+            "{{\"error\":{},\"message\":{},\"status\":{},\"request_id\":{}}}",
+            json_string(self.code),
+            json_string(self.message),
+            self.status.as_u16(),
+            json_string(request_id)
+        );
+        let mut response = Response::new(Full::new(Bytes::from(json)));
         *response.status_mut() = self.status;
         let h = response.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
-            ),
-        );
         response
     }
 
@@ -99,33 +90,30 @@ impl<'a> Page<'a> {
             .action
             .map(|(label, href)| {
                 format!(
-                    "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+                    "<a class=\"button\" href=\"{}\">{}</a>",
                     escape_html(href),
                     escape_html(label)
                 )
             })
             .unwrap_or_default();
-        format!(
-            r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}
-<title>{title}</title>
-<style>
-body{{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f5f7;color:#172b4d}}
-main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(9,30,66,.25)}}
-h1{{font-size:1.4rem;margin:0 0 .75rem}} p{{margin:.5rem 0}} .ref{{color:#5e6c84;font-size:.85rem;margin-top:1.5rem}}
-.button{{display:inline-block;margin-top:.75rem;padding:.5rem 1rem;border-radius:4px;background:#0052cc;color:#fff;text-decoration:none}}
-.button:focus,.button:hover{{background:#0747a6;outline:2px solid #4c9aff}}
-</style></head>
-<body><main><h1>{title}</h1><p>{message}</p>{action}<p class="ref">{label}reference <code>{request_id}</code></p></main></body></html>
-"#,
-            title = escape_html(self.title),
-            message = escape_html(self.message),
-            label = if self.status.as_u16() >= 400 {
-                format!("Error {} · ", self.status.as_u16())
-            } else {
-                String::new()
-            },
-            request_id = escape_html(request_id),
+        let status = self.status.as_u16().to_string();
+        let status_label = if self.status.as_u16() >= 400 {
+            format!("Error {status} · ")
+        } else {
+            String::new()
+        };
+        templates::render(
+            &templates::current().error,
+            &[
+                ("status", &status),
+                ("code", self.code),
+                ("title", self.title),
+                ("message", self.message),
+                ("action", &action),
+                ("refresh", &refresh),
+                ("status_label", &status_label),
+                ("reference", request_id),
+            ],
         )
     }
 }
@@ -140,6 +128,27 @@ pub fn error_response(
     html: bool,
 ) -> Response<Full<Bytes>> {
     Page::new(status, code, title, message).render(request_id, html)
+}
+
+/// One of the proxy's own HTML pages, with the headers every such page carries.
+pub fn html_page(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    r
 }
 
 /// Escapes text for HTML element content and attribute values.

@@ -108,7 +108,7 @@ impl Sso {
             ("GET" | "HEAD", "/sso/login") => self.login(query, headers, ctx),
             ("GET", "/sso/callback") => self.callback(query, headers, ctx).await,
             ("GET" | "POST", "/sso/logout") => self.logout(headers, ctx).await,
-            ("GET" | "HEAD", "/sso/logged-out") => self.logged_out(ctx),
+            ("GET" | "HEAD", "/sso/logged-out") => self.logged_out(),
             _ => Page::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -139,10 +139,23 @@ impl Sso {
         }
         let params = QueryParams::parse(query);
         let return_to = safe_return_path(params.first("rd").unwrap_or("/"), &self.config.server.public_url);
-        let wanted = params
-            .first("provider")
-            .map(str::to_owned)
-            .or_else(|| self.config.sso.default_provider.clone());
+        let remember_me = match params.first("remember_me") {
+            Some(v) => matches!(v, "1" | "on" | "true"),
+            None => self.config.session.remember_me_default,
+        };
+        let cancelled = params.first("cancelled").is_some();
+        let wanted = if let Some(id) = params.first("provider").filter(|p| !p.is_empty()) {
+            Some(id.to_owned())
+        } else if let Some(hint) = params.first("login_hint").map(str::trim).filter(|h| !h.is_empty()) {
+            self.route(hint)
+        } else if self.skips_login_page() && !cancelled {
+            self.config.sso.default_provider.clone()
+        } else {
+            None
+        };
+        if wanted.is_none() {
+            return self.login_page(&return_to, remember_me, cancelled);
+        }
         let Some(provider) = wanted.as_deref().and_then(|id| self.providers.get(id)) else {
             let page = Page::new(
                 StatusCode::BAD_REQUEST,
@@ -194,6 +207,68 @@ impl Sso {
             self.names.seal(&self.ring, &name, &pending, Some(PENDING_LOGIN_SECS)),
         );
         response
+    }
+
+    /// One provider, no redirection rules, auto-redirect on: no page at all.
+    fn skips_login_page(&self) -> bool {
+        self.config.providers.len() == 1
+            && self.config.sso.redirection_rules.is_empty()
+            && self.config.sso.auto_redirect
+    }
+
+    /// The provider for an email address (first rule whose domain matches) or a username (the default).
+    fn route(&self, hint: &str) -> Option<String> {
+        let domain = match hint.split('@').collect::<Vec<_>>().as_slice() {
+            [local, domain] if !local.is_empty() => Some(domain.to_ascii_lowercase()),
+            _ => None,
+        };
+        domain
+            .and_then(|d| self.config.sso.redirection_rules.iter().find(|r| r.email_domain == d))
+            .map(|r| r.provider.clone())
+            .or_else(|| self.config.sso.default_provider.clone())
+    }
+
+    /// The login page: a button per provider, the email field when routing rules exist, "keep me signed in".
+    fn login_page(&self, return_to: &str, remember_me: bool, cancelled: bool) -> Reply {
+        let single = self.config.providers.len() == 1;
+        let mut providers = String::new();
+        if !self.config.sso.redirection_rules.is_empty() {
+            providers.push_str("<p class=\"or\">or choose</p>\n");
+        }
+        for p in &self.config.providers {
+            let label = if single {
+                self.config.ui.login_button_text.clone()
+            } else {
+                format!("{} ({})", self.config.ui.login_button_text, p.display_name)
+            };
+            providers.push_str(&format!(
+                "<button type=\"submit\" name=\"provider\" value=\"{}\">{}</button>\n",
+                super::escape_html(&p.id),
+                super::escape_html(&label)
+            ));
+        }
+        let email_form = if self.config.sso.redirection_rules.is_empty() {
+            String::new()
+        } else {
+            "<label for=\"login_hint\">Email address or username</label>\n<input type=\"text\" id=\"login_hint\" name=\"login_hint\" autocomplete=\"username\" autofocus>\n<button type=\"submit\">Continue</button>\n".to_owned()
+        };
+        let notice = if cancelled {
+            "<p class=\"notice\" role=\"status\">Automatic sign-in was cancelled. Choose how to sign in.</p>".to_owned()
+        } else {
+            String::new()
+        };
+        let body = super::templates::render(
+            &super::templates::current().login,
+            &[
+                ("title", "Sign in to Bitbucket"),
+                ("notice", &notice),
+                ("rd", return_to),
+                ("remember_me_checked", if remember_me { "checked" } else { "" }),
+                ("providers", &providers),
+                ("email_form", &email_form),
+            ],
+        );
+        super::html_page(StatusCode::OK, body)
     }
 
     /// Pending-login cookies to drop so that at most `MAX_PENDING_LOGINS` remain with the new one.
@@ -544,6 +619,9 @@ impl Sso {
         for name in pending {
             push_cookie(h, self.names.clear(&name));
         }
+        if cookies::get(headers, &self.names.backdoor).is_some() {
+            push_cookie(h, self.names.clear(&self.names.backdoor));
+        }
         for name in BITBUCKET_COOKIES {
             push_cookie(
                 h,
@@ -554,13 +632,22 @@ impl Sso {
     }
 
     /// `/sso/logged-out`: where the provider's logout returns.
-    fn logged_out(&self, ctx: &Ctx<'_>) -> Reply {
+    fn logged_out(&self) -> Reply {
         if let Some(url) = &self.config.ui.post_logout_url {
             return redirect(url.as_str());
         }
-        Page::new(StatusCode::OK, "logged_out", "You are signed out", "You have signed out of Bitbucket and of the sign-in service. Close the browser if others use this computer.")
-            .action("Sign in again", "/")
-            .render(ctx.request_id, true)
+        let body = super::templates::render(
+            &super::templates::current().logged_out,
+            &[
+                ("title", "You are signed out"),
+                (
+                    "message",
+                    "You have signed out of Bitbucket and of the sign-in service. Close the browser if others use this computer.",
+                ),
+                ("sign_in_href", "/"),
+            ],
+        );
+        super::html_page(StatusCode::OK, body)
     }
 
     /// Finds and checks the session of a request; revalidates at the provider when due.
@@ -648,10 +735,101 @@ impl Sso {
         ))
     }
 
+    /// The emergency login: `/login?{query}={key}` from an allowed network grants a pass (a sealed cookie) that
+    /// lets Bitbucket's own login form and session work; anything else is refused and goes to SSO.
+    /// Returns whether the request holds a valid pass, and the cookie to set when one was just granted.
+    pub fn backdoor(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        ctx: &Ctx<'_>,
+    ) -> (bool, Option<HeaderValue>) {
+        let b = &self.config.sso.backdoor;
+        let allowed_network = b.allowed_networks.iter().any(|n| n.contains(&ctx.client_ip));
+        let now = session::now();
+        if path == "/login" {
+            let params = QueryParams::parse(query);
+            if let Some(given) = params.first(&b.query) {
+                let reason = match &b.key {
+                    _ if !b.enabled => Some("disabled"),
+                    _ if given.is_empty() => Some("missing_key"),
+                    Some(key)
+                        if !crate::oidc::id_token::constant_time_eq(key.expose().as_bytes(), given.as_bytes()) =>
+                    {
+                        Some("wrong_key")
+                    }
+                    None => Some("disabled"),
+                    _ if !allowed_network => Some("network"),
+                    _ => None,
+                };
+                return match reason {
+                    Some(r) => {
+                        audit::backdoor_refused(ctx.origin(), r);
+                        (false, None)
+                    }
+                    None => {
+                        audit::backdoor_used(ctx.origin());
+                        let pass = BackdoorPass {
+                            ip: ctx.client_ip.to_string(),
+                            expires_at: now + session::secs(self.config.session.lifetime),
+                        };
+                        (true, self.names.seal(&self.ring, &self.names.backdoor, &pass, None))
+                    }
+                };
+            }
+        }
+        if !b.enabled || !allowed_network {
+            return (false, None);
+        }
+        let pass: Option<BackdoorPass> = cookies::open(headers, &self.ring, &self.names.backdoor);
+        (
+            pass.is_some_and(|p| p.expires_at > now && p.ip == ctx.client_ip.to_string()),
+            None,
+        )
+    }
+
+    /// The countdown page before an automatic sign-in (`sso.auto_redirect_delay`).
+    pub fn countdown(&self, return_to: &str) -> Option<Reply> {
+        let delay = self.config.sso.auto_redirect_delay.as_secs();
+        if delay == 0 {
+            return None;
+        }
+        let rd = safe_return_path(return_to, &self.config.server.public_url);
+        let enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+        let target = format!("/sso/login?rd={enc}");
+        let cancel = format!("/sso/login?cancelled=1&rd={enc}");
+        let seconds = delay.to_string();
+        let body = super::templates::render(
+            &super::templates::current().countdown,
+            &[
+                ("seconds", &seconds),
+                ("target", &target),
+                ("cancel_href", &cancel),
+                ("script", super::templates::COUNTDOWN_SCRIPT),
+            ],
+        );
+        let mut reply = super::html_page(StatusCode::OK, body);
+        if let Ok(csp) = HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src '{}'; frame-ancestors 'none'; form-action 'self'",
+            super::templates::countdown_script_hash()
+        )) {
+            reply.headers_mut().insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        Some(reply)
+    }
+
     /// The `Set-Cookie` that deletes the session cookie.
     pub fn clear_session_cookie(&self) -> Option<HeaderValue> {
         self.names.clear(&self.names.session)
     }
+}
+
+/// The emergency pass kept in a sealed cookie: bound to the address it was granted to.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BackdoorPass {
+    ip: String,
+    expires_at: i64,
 }
 
 /// What a provider's `error` means for the user.
