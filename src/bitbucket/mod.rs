@@ -9,7 +9,7 @@ use std::sync::Arc;
 use client::{BitbucketClient, BitbucketError};
 
 use crate::config::{Config, MatchBy};
-use crate::mapping::{self, Claims, Current, Refusal};
+use crate::mapping::{self, BitbucketUser, Claims, Current, Plan, Refusal};
 use crate::telemetry::audit::{self, Origin};
 
 /// The account the session will carry.
@@ -59,10 +59,75 @@ impl Provisioner {
         Provisioner { config, client }
     }
 
+    /// What Bitbucket has for this profile, and the plan: the decision without any change.
+    async fn plan(
+        &self,
+        client: &BitbucketClient,
+        profile: &mapping::Profile,
+    ) -> Result<(Option<BitbucketUser>, Plan), Refused> {
+        let (m, g) = (&self.config.mapping, &self.config.groups);
+        let user = match m.match_by {
+            MatchBy::Username => client.find_user_by_name(&profile.username).await,
+            MatchBy::Email => match &profile.email {
+                Some(e) => client.find_user_by_email(e).await,
+                None => {
+                    return Err(Refusal {
+                        code: "email_missing",
+                        message: "The sign-in service did not give your email address, which this site uses to find your Bitbucket account. Tell your Bitbucket administrator.".into(),
+                    }
+                    .into());
+                }
+            },
+        }
+        .map_err(failed)?;
+        let current_groups = match &user {
+            Some(u) if g.enabled => client.user_groups(&u.name).await.map_err(failed)?,
+            _ => Vec::new(),
+        };
+        let mut existing = BTreeSet::new();
+        for group in mapping::candidate_groups(profile, g) {
+            if client.group_exists(&group).await.map_err(failed)? {
+                existing.insert(group.to_lowercase());
+            }
+        }
+        let plan = mapping::decide(
+            profile,
+            Current {
+                user: user.as_ref(),
+                groups: &current_groups,
+                existing_groups: &existing,
+            },
+            m,
+            g,
+        )?;
+        Ok((user, plan))
+    }
+
+    /// What a sign-in with these claims would do, changing nothing (for the test configuration page).
+    pub async fn preview(&self, claims: &Claims) -> Result<(Option<BitbucketUser>, Plan), Refused> {
+        let profile = mapping::profile(claims, &self.config.mapping, &self.config.groups)?;
+        match &self.client {
+            Some(client) => self.plan(client, &profile).await,
+            None => Ok((
+                None,
+                Plan {
+                    username: profile.username.clone(),
+                    email: profile.email.clone(),
+                    display_name: profile.display_name.clone().unwrap_or(profile.username),
+                    ..Plan::default()
+                },
+            )),
+        }
+    }
+
+    /// The user's Bitbucket groups (for the test page's access check); `None` without `[bitbucket]`.
+    pub async fn groups_of(&self, username: &str) -> Option<Result<Vec<String>, BitbucketError>> {
+        Some(self.client.as_ref()?.user_groups(username).await)
+    }
+
     /// Decides and applies; returns the Bitbucket account to sign in as.
     pub async fn admit(&self, claims: &Claims, origin: Origin<'_>) -> Result<Admitted, Refused> {
-        let (m, g) = (&self.config.mapping, &self.config.groups);
-        let profile = mapping::profile(claims, m, g)?;
+        let profile = mapping::profile(claims, &self.config.mapping, &self.config.groups)?;
         let Some(client) = &self.client else {
             return Ok(Admitted {
                 username: profile.username,
@@ -72,40 +137,7 @@ impl Provisioner {
         };
         // A 409 on create means a concurrent sign-in created the user first: decide again against it.
         for _ in 0..2 {
-            let user = match m.match_by {
-                MatchBy::Username => client.find_user_by_name(&profile.username).await,
-                MatchBy::Email => match &profile.email {
-                    Some(e) => client.find_user_by_email(e).await,
-                    None => {
-                        return Err(Refusal {
-                            code: "email_missing",
-                            message: "The sign-in service did not give your email address, which this site uses to find your Bitbucket account. Tell your Bitbucket administrator.".into(),
-                        }
-                        .into());
-                    }
-                },
-            }
-            .map_err(failed)?;
-            let current_groups = match &user {
-                Some(u) if g.enabled => client.user_groups(&u.name).await.map_err(failed)?,
-                _ => Vec::new(),
-            };
-            let mut existing = BTreeSet::new();
-            for group in mapping::candidate_groups(&profile, g) {
-                if client.group_exists(&group).await.map_err(failed)? {
-                    existing.insert(group.to_lowercase());
-                }
-            }
-            let plan = mapping::decide(
-                &profile,
-                Current {
-                    user: user.as_ref(),
-                    groups: &current_groups,
-                    existing_groups: &existing,
-                },
-                m,
-                g,
-            )?;
+            let (_, plan) = self.plan(client, &profile).await?;
             let who = plan.username.as_str();
             if plan.create_user {
                 let email = plan.email.as_deref().unwrap_or_default();

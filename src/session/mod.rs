@@ -112,6 +112,9 @@ pub struct PendingLogin {
     pub started_at: i64,
     #[serde(rename = "rm", default)]
     pub remember_me: bool,
+    /// A run of the test configuration page: show the claims, sign nobody in.
+    #[serde(rename = "tp", default)]
+    pub test: bool,
 }
 
 /// How long a sign-in may take at the provider.

@@ -108,6 +108,7 @@ impl Sso {
             ("GET" | "HEAD", "/sso/login") => self.login(query, headers, ctx),
             ("GET", "/sso/callback") => self.callback(query, headers, ctx).await,
             ("GET" | "POST", "/sso/logout") => self.logout(headers, ctx).await,
+            ("GET", "/sso/test") => self.test_start(query, headers, ctx).await,
             ("GET" | "HEAD", "/sso/logged-out") => self.logged_out(),
             _ => Page::new(
                 StatusCode::NOT_FOUND,
@@ -156,7 +157,29 @@ impl Sso {
         if wanted.is_none() {
             return self.login_page(&return_to, remember_me, cancelled);
         }
-        let Some(provider) = wanted.as_deref().and_then(|id| self.providers.get(id)) else {
+        self.start_flow(
+            wanted.as_deref().unwrap_or_default(),
+            return_to,
+            remember_me,
+            false,
+            headers,
+            ctx,
+        )
+    }
+
+    /// Sends the browser to the provider's authorization endpoint with a fresh pending sign-in.
+    /// `test`: the test configuration page's flow (the provider is asked to show its login again).
+    fn start_flow(
+        &self,
+        provider_id: &str,
+        return_to: String,
+        remember_me: bool,
+        test: bool,
+        headers: &HeaderMap,
+        ctx: &Ctx<'_>,
+    ) -> Reply {
+        let wanted = Some(provider_id);
+        let Some(provider) = wanted.and_then(|id| self.providers.get(id)) else {
             let page = Page::new(
                 StatusCode::BAD_REQUEST,
                 "unknown_provider",
@@ -164,7 +187,7 @@ impl Sso {
                 "The sign-in link names a provider this site does not use. Start again from Bitbucket's home page.",
             )
             .action("Go to Bitbucket", "/");
-            return self.fail(ctx, page, wanted.as_deref(), "no such provider");
+            return self.fail(ctx, page, wanted, "no such provider");
         };
         let Some(endpoints) = provider.endpoints().filter(|_| provider.is_ready()) else {
             let page = Page::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", "Sign-in is unavailable right now", "The sign-in service cannot be reached at the moment. Wait a minute and try again; if it keeps happening, tell your Bitbucket administrator.")
@@ -179,11 +202,10 @@ impl Sso {
             return_to,
             provider: provider.config.id.clone(),
             started_at: now,
-            remember_me: params
-                .first("remember_me")
-                .is_some_and(|v| v == "1" || v == "on" || v == "true"),
+            remember_me,
+            test,
         };
-        let target = flow::authorization_url(
+        let mut target = flow::authorization_url(
             &endpoints.authorization,
             &provider.config.client_id,
             &self.redirect_uri,
@@ -192,10 +214,13 @@ impl Sso {
             &pending.nonce,
             &pending.pkce_verifier,
         );
+        if test {
+            target.query_pairs_mut().append_pair("prompt", "login");
+        }
         let mut response = redirect(target.as_str());
         let h = response.headers_mut();
-        // A new sign-in never reuses an old session (no fixation).
-        if cookies::get(headers, &self.names.session).is_some() {
+        // A new sign-in never reuses an old session (no fixation); a test run keeps the admin's own.
+        if !test && cookies::get(headers, &self.names.session).is_some() {
             push_cookie(h, self.names.clear(&self.names.session));
         }
         for stale in self.surplus_pending(headers, now) {
@@ -207,6 +232,135 @@ impl Sso {
             self.names.seal(&self.ring, &name, &pending, Some(PENDING_LOGIN_SECS)),
         );
         response
+    }
+
+    /// `/sso/test?provider=ID`: for allowed admins, runs the provider's flow and shows the claims and what the
+    /// mapping would do, without signing anyone in and without changing Bitbucket.
+    async fn test_start(&self, query: Option<&str>, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
+        if let Err(reply) = self.may_test(headers, ctx).await {
+            return reply;
+        }
+        let params = QueryParams::parse(query);
+        let provider = params
+            .first("provider")
+            .map(str::to_owned)
+            .or_else(|| self.config.sso.default_provider.clone())
+            .unwrap_or_default();
+        self.start_flow(&provider, "/".into(), false, true, headers, ctx)
+    }
+
+    /// Who may use the test page: members of `admin.test_page_groups` (looked up in Bitbucket), or any
+    /// signed-in user when that list is empty and `admin.test_page_any_user` is on.
+    async fn may_test(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Result<Session, Reply> {
+        let session = cookies::open::<Session>(headers, &self.ring, &self.names.session).filter(|s| {
+            matches!(
+                session::verdict(s, session::now(), &self.config.session),
+                Verdict::Valid { .. }
+            )
+        });
+        let Some(session) = session else {
+            return Err(Page::new(
+                StatusCode::UNAUTHORIZED,
+                "test_page_sign_in",
+                "Sign in first",
+                "The test configuration page is for administrators. Sign in to Bitbucket, then open it again.",
+            )
+            .action("Sign in", "/sso/login")
+            .render(ctx.request_id, ctx.html));
+        };
+        let allowed = &self.config.admin.test_page_groups;
+        let denied = |message: &str| {
+            tracing::warn!(target: "audit", event = "test_page_refused", user = %session.username, request_id = ctx.request_id, "test configuration page refused");
+            Page::new(StatusCode::FORBIDDEN, "test_page_forbidden", "Not allowed", message)
+                .action("Go to Bitbucket", "/")
+                .render(ctx.request_id, ctx.html)
+        };
+        if allowed.is_empty() {
+            return if self.config.admin.test_page_any_user {
+                Ok(session)
+            } else {
+                Err(denied(
+                    "The test configuration page is switched off: list the groups that may use it in admin.test_page_groups.",
+                ))
+            };
+        }
+        match self.provisioner.groups_of(&session.username).await {
+            Some(Ok(groups)) if groups.iter().any(|g| allowed.iter().any(|a| a.eq_ignore_ascii_case(g))) => Ok(session),
+            Some(Ok(_)) => Err(denied(
+                "Only members of the groups in admin.test_page_groups may open the test configuration page.",
+            )),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot check the test page's groups");
+                Err(denied(
+                    "Your groups could not be checked in Bitbucket right now. Try again in a minute.",
+                ))
+            }
+            None => Err(denied(
+                "Checking admin.test_page_groups needs Bitbucket REST access ([bitbucket]).",
+            )),
+        }
+    }
+
+    /// The test page's result: every claim, and what the mapping would do.
+    async fn test_report(&self, admin: &Session, provider: &str, claims: &crate::oidc::id_token::Claims) -> Reply {
+        use super::escape_html as e;
+        let mut rows = String::new();
+        let mut sorted: Vec<_> = claims.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in sorted {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            rows.push_str(&format!(
+                "<tr><th scope=\"row\">{}</th><td>{}</td></tr>\n",
+                e(k),
+                e(&text)
+            ));
+        }
+        let outcome = match self.provisioner.preview(claims).await {
+            Ok((user, plan)) => {
+                let account = match (&user, plan.create_user) {
+                    (Some(u), _) => format!("matches the existing Bitbucket user <strong>{}</strong>", e(&u.name)),
+                    (None, true) => format!("creates the Bitbucket user <strong>{}</strong>", e(&plan.username)),
+                    (None, false) => format!(
+                        "signs in as <strong>{}</strong> (no Bitbucket lookup configured)",
+                        e(&plan.username)
+                    ),
+                };
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        e(&v.join(", "))
+                    }
+                };
+                format!(
+                    "<p id=\"outcome\" data-result=\"admit\">Signing in with these claims {account}.</p>\n<table><tr><th>Username</th><td id=\"username\">{}</td></tr><tr><th>Email</th><td>{}</td></tr><tr><th>Display name</th><td>{}</td></tr><tr><th>Profile update</th><td>{}</td></tr><tr><th>Groups to add</th><td id=\"add\">{}</td></tr><tr><th>Groups to remove</th><td id=\"remove\">{}</td></tr><tr><th>Groups to create</th><td id=\"create\">{}</td></tr></table>",
+                    e(&plan.username),
+                    e(plan.email.as_deref().unwrap_or("none")),
+                    e(&plan.display_name),
+                    if plan.update_profile { "yes" } else { "no" },
+                    list(&plan.add_groups),
+                    list(&plan.remove_groups),
+                    list(&plan.create_groups),
+                )
+            }
+            Err(refused) => format!(
+                "<p id=\"outcome\" data-result=\"refuse\">Signing in with these claims is refused: <strong>{}</strong> ({}).</p>",
+                e(&refused.refusal.message),
+                e(refused.refusal.code)
+            ),
+        };
+        tracing::info!(target: "audit", event = "test_page_used", user = %admin.username, provider, "test configuration page run");
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Test configuration</title>{}<style>main{{max-width:48rem}} table{{border-collapse:collapse;width:100%;margin:1rem 0}} th,td{{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #dfe1e6;vertical-align:top;word-break:break-word}}</style></head><body><main><h1>Test configuration: {}</h1><p>Nobody was signed in and Bitbucket was not changed. You are still signed in as {}.</p><h2>What the mapping would do</h2>{outcome}<h2>Claims from the ID token and userinfo</h2><table id=\"claims\">{rows}</table><a class=\"button\" href=\"/sso/test?provider={}\">Run again</a></main></body></html>",
+            super::templates::STYLE,
+            e(provider),
+            e(&admin.username),
+            e(provider),
+        );
+        super::html_page(StatusCode::OK, body)
     }
 
     /// One provider, no redirection rules, auto-redirect on: no page at all.
@@ -346,7 +500,7 @@ impl Sso {
         let Some(provider) = self.providers.get(&provider_id) else {
             return self.restart(headers, ctx, "state_unknown_or_expired");
         };
-        match self.finish(provider, &pending, &params, ctx, now).await {
+        match self.finish(provider, &pending, &params, headers, ctx, now).await {
             Ok(mut response) => {
                 let h = response.headers_mut();
                 push_cookie(h, self.names.clear(&pending_name));
@@ -398,6 +552,7 @@ impl Sso {
         provider: &Arc<ProviderRuntime>,
         pending: &PendingLogin,
         params: &QueryParams,
+        headers: &HeaderMap,
         ctx: &Ctx<'_>,
         now: i64,
     ) -> Result<Reply, Reply> {
@@ -500,6 +655,12 @@ impl Sso {
             }
         }
         normalize_claims(&mut claims);
+        if pending.test {
+            return Ok(match self.may_test(headers, ctx).await {
+                Ok(admin) => self.test_report(&admin, pid, &claims).await,
+                Err(reply) => reply,
+            });
+        }
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
         let admitted = match self.provisioner.admit(&claims, ctx.origin()).await {
             Ok(a) => a,
