@@ -6,6 +6,7 @@ pub mod access;
 pub mod admin;
 pub mod bitbucket;
 pub mod config;
+pub mod demo;
 pub mod gateway;
 pub mod identity;
 pub mod keys;

@@ -27,6 +27,12 @@ enum Command {
     CheckConfig,
     /// Print a new random key (base64) for session.keys, identity.assertion_secret or the backdoor key.
     GenKey,
+    /// Run the whole flow on this machine: a demo OpenID provider, a Bitbucket stand-in and the proxy.
+    Demo {
+        /// Port of the proxy on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -35,6 +41,13 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Demo { port } => match demo(port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("bitbucket-sso-proxy demo: {err:#}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
         Command::GenKey => {
             println!("{}", bbsso::keys::generate());
             ExitCode::SUCCESS
@@ -74,6 +87,17 @@ fn load(path: Option<PathBuf>) -> Result<(PathBuf, bbsso::config::Config), ExitC
             Err(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+fn demo(port: u16) -> anyhow::Result<()> {
+    let log = bbsso::config::Log {
+        format: bbsso::config::LogFormat::Pretty,
+        level: "info".into(),
+    };
+    bbsso::telemetry::init(&log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bbsso::demo::run(port, bbsso::server::shutdown_signal()))?;
+    Ok(())
 }
 
 fn run(config: bbsso::config::Config) -> anyhow::Result<()> {

@@ -253,7 +253,7 @@ pub async fn walk(client: &reqwest::Client, first: reqwest::RequestBuilder) -> W
     }
 }
 
-/// Fills the provider's login form on `page` and walks on from there.
+/// Fills the provider's login form on `page` (its hidden fields included, as a browser sends them) and walks on.
 pub async fn sign_in(client: &reqwest::Client, page: &Walk, user: &str, password: &str) -> Walk {
     let action = page
         .body
@@ -261,12 +261,26 @@ pub async fn sign_in(client: &reqwest::Client, page: &Walk, user: &str, password
         .nth(1)
         .and_then(|r| r.split('"').next())
         .expect("a login form");
-    let url = reqwest::Url::parse(&page.url).unwrap().join(action).unwrap();
-    walk(
-        client,
-        client.post(url).form(&[("username", user), ("password", password)]),
-    )
-    .await
+    let url = reqwest::Url::parse(&page.url)
+        .unwrap()
+        .join(&action.replace("&amp;", "&"))
+        .unwrap();
+    let mut fields: Vec<(String, String)> = page
+        .body
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let value = rest.split("value=\"").nth(1)?.split('"').next()?;
+            Some((
+                name.to_owned(),
+                value.replace("&amp;", "&").replace("&#x2F;", "/").replace("&#47;", "/"),
+            ))
+        })
+        .collect();
+    fields.push(("username".into(), user.into()));
+    fields.push(("password".into(), password.into()));
+    walk(client, client.post(url).form(&fields)).await
 }
 
 /// Waits until the proxy reports ready (providers loaded).
