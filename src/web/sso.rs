@@ -422,7 +422,23 @@ impl Sso {
                 ("email_form", &email_form),
             ],
         );
-        super::html_page(StatusCode::OK, body)
+        let mut reply = super::html_page(StatusCode::OK, body);
+        // The form is answered by a redirect to a provider: CSP form-action covers redirects, so allow them.
+        let mut origins: Vec<String> = Vec::new();
+        for p in self.providers.all() {
+            if let Some(e) = p.endpoints() {
+                origins.push(e.authorization.origin().ascii_serialization());
+            }
+        }
+        origins.sort();
+        origins.dedup();
+        if let Ok(csp) = HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self' {}",
+            origins.join(" ")
+        )) {
+            reply.headers_mut().insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        reply
     }
 
     /// Pending-login cookies to drop so that at most `MAX_PENDING_LOGINS` remain with the new one.

@@ -1,0 +1,103 @@
+//! Browser tests: Debian's headless Chromium, driven by playwright-core (tests/browser/flows.mjs), through
+//! the login page, two real providers, the Bitbucket stand-in, the countdown, remember me, logout, the test
+//! configuration page and an error page. Screenshots of every page go to target/screenshots/.
+
+mod common;
+
+use std::process::Command;
+
+use bbsso::standin::{Settings, Standin};
+use common::idp::*;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_pages_in_a_real_browser() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: run `bash scripts/setup`"
+    );
+    assert!(
+        repo_path("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `bash scripts/setup`"
+    );
+    let port = free_port();
+    let idp = RealProvider::start(port, &[]);
+    let partner = RealProvider::start(port, &[]);
+    let standin = Standin::new(Settings {
+        admin_user: "svc".into(),
+        admin_password: "svc-password".into(),
+        assertion_secret: ASSERTION_SECRET.into(),
+        issuer: format!("http://127.0.0.1:{port}/sso"),
+        user_header: "X-Forwarded-User".into(),
+        assertion_header: "X-Bbsso-Assertion".into(),
+        trusted: vec!["127.0.0.0/8".parse().unwrap()],
+        max_users: 100,
+    });
+    standin.add_group("stash-users");
+    standin.add_user(
+        "bob",
+        "Bob Builder",
+        "bob@example.com",
+        "x",
+        true,
+        &["bitbucket-admins", "stash-users"],
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(standin.clone().serve(listener));
+    let rest = "[bitbucket]\nadmin_user = \"svc\"\nadmin_password = \"svc-password\"\n\n\
+                [groups]\nenabled = true\ndefault_groups = [\"stash-users\"]\n[groups.map]\n\"bitbucket-developers\" = [\"dev\"]\n\n\
+                [admin]\ntest_page_groups = [\"bitbucket-admins\"]\n\n\
+                [sso]\nauto_redirect_delay = \"3s\"\n[[sso.redirection_rules]]\nemail_domain = \"partner.example\"\nprovider = \"partner\"\n";
+    let mut text = sso_config(
+        port,
+        upstream,
+        &idp.issuer,
+        "cognito",
+        "display_name = \"Corporate\"",
+        rest,
+    );
+    let second = format!(
+        "\n[[providers]]\nid = \"partner\"\ndisplay_name = \"Partner\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+        partner.issuer
+    );
+    text = text.replacen("\n[bitbucket]", &format!("{second}\n[bitbucket]"), 1);
+    let proxy = ProxyProcess::start(&text);
+    wait_ready(proxy.admin).await;
+
+    let shots = repo_path("target/screenshots");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("flows.mjs")
+            .current_dir(repo_path("tests/browser"))
+            .env("BASE", format!("http://127.0.0.1:{port}"))
+            .env("IDP", &idp.issuer)
+            .env("PARTNER", &partner.issuer)
+            .env("SCREENSHOTS", &shots)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "browser flows failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all browser flows passed"), "{stdout}");
+    for name in [
+        "login-page",
+        "bitbucket-as-carol",
+        "countdown",
+        "logged-out",
+        "test-page",
+        "test-page-refused",
+        "error-page",
+    ] {
+        assert!(
+            repo_path(&format!("target/screenshots/{name}.png")).exists(),
+            "screenshot {name}"
+        );
+    }
+}
