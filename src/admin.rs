@@ -98,3 +98,28 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     r
 }
+
+/// Asks an admin listener for `path` with a plain blocking request (no runtime needed): `Ok` on a 200 answer.
+pub fn probe(address: &str, path: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("bad address: {e}"))?
+        .next()
+        .ok_or_else(|| "bad address".to_owned())?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("not reachable: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).map_err(|e| format!("no answer: {e}"))?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    match text.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        Some(status) => Err(format!("answered {status}")),
+        None => Err("not an HTTP answer".to_owned()),
+    }
+}

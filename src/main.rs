@@ -27,6 +27,16 @@ enum Command {
     CheckConfig,
     /// Print a new random key (base64) for session.keys, identity.assertion_secret or the backdoor key.
     GenKey,
+    /// Ask the running proxy's admin listener whether it is healthy (exit 0) or not (exit 1); for container
+    /// health checks, with no shell tools needed.
+    Healthcheck {
+        /// Check /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Admin address to ask (default: server.admin_listen of the configuration).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
     /// Run the whole flow on this machine: a demo OpenID provider, a Bitbucket stand-in and the proxy.
     Demo {
         /// Port of the proxy on 127.0.0.1.
@@ -48,6 +58,29 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         },
+        Command::Healthcheck { ready, admin } => {
+            let address = match admin {
+                Some(a) => a,
+                None => match load(cli.config) {
+                    Ok((_, config)) => {
+                        let mut a = config.server.admin_listen;
+                        if a.ip().is_unspecified() {
+                            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                        }
+                        a.to_string()
+                    }
+                    Err(code) => return code,
+                },
+            };
+            let path = if ready { "/readyz" } else { "/healthz" };
+            match bbsso::admin::probe(&address, path, std::time::Duration::from_secs(3)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bitbucket-sso-proxy healthcheck: {address}{path}: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::GenKey => {
             println!("{}", bbsso::keys::generate());
             ExitCode::SUCCESS
