@@ -12,6 +12,7 @@ pub mod identity;
 pub mod keys;
 pub mod mapping;
 pub mod oidc;
+pub mod online;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -24,7 +24,11 @@ enum Command {
     /// Run the proxy (the default when no command is given).
     Run,
     /// Parse and validate the configuration; exit 0 when valid, 2 with every problem listed when not.
-    CheckConfig,
+    CheckConfig {
+        /// Also probe every provider (discovery, keys, token endpoint) and Bitbucket's REST API; exit 1 if any fails.
+        #[arg(long)]
+        online: bool,
+    },
     /// Print a new random key (base64) for session.keys, identity.assertion_secret or the backdoor key.
     GenKey,
     /// Ask the running proxy's admin listener whether it is healthy (exit 0) or not (exit 1); for container
@@ -85,10 +89,20 @@ fn main() -> ExitCode {
             println!("{}", bbsso::keys::generate());
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match load(cli.config) {
+        Command::CheckConfig { online } => match load(cli.config) {
             Ok((path, config)) => {
                 println!("{}: valid; {}", path.display(), config.summary());
-                ExitCode::SUCCESS
+                if !online {
+                    return ExitCode::SUCCESS;
+                }
+                match check_online(&config) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(EXIT_RUNTIME),
+                    Err(err) => {
+                        eprintln!("bitbucket-sso-proxy: {err:#}");
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                }
             }
             Err(code) => code,
         },
@@ -120,6 +134,21 @@ fn load(path: Option<PathBuf>) -> Result<(PathBuf, bbsso::config::Config), ExitC
             Err(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+fn check_online(config: &bbsso::config::Config) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let probes = runtime.block_on(bbsso::online::check(config));
+    for p in &probes {
+        println!("{p}");
+    }
+    let failed = probes.iter().filter(|p| !p.ok).count();
+    if failed == 0 {
+        println!("all {} probes passed", probes.len());
+    } else {
+        println!("{failed} of {} probes failed", probes.len());
+    }
+    Ok(failed == 0)
 }
 
 fn demo(port: u16) -> anyhow::Result<()> {

@@ -173,6 +173,18 @@ impl BitbucketClient {
         }
     }
 
+    /// Checks that the service account can use the admin endpoints (for `check-config --online`).
+    pub async fn check_admin(&self) -> Result<(), BitbucketError> {
+        let url = self.url("/admin/users", &[("limit", "1")]);
+        self.send(
+            "list users",
+            self.request(reqwest::Method::GET, url),
+            "the service account is not a Bitbucket admin: give it the global Admin permission",
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The user with exactly this name (case-insensitively), if any.
     pub async fn find_user_by_name(&self, name: &str) -> Result<Option<BitbucketUser>, BitbucketError> {
         let users: Vec<RestUser> = self

@@ -55,19 +55,30 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
     if s.lock().rest_down {
         return error(StatusCode::SERVICE_UNAVAILABLE, "Bitbucket is starting");
     }
-    let authorized = parts
+    let credentials = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok())
-        .is_some_and(|cred| cred == format!("{}:{}", s.settings.admin_user, s.settings.admin_password));
-    if !authorized {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Authentication failed. Please check your credentials and try again.",
-        );
+        .unwrap_or_default();
+    if credentials != format!("{}:{}", s.settings.admin_user, s.settings.admin_password) {
+        // A valid account that is not an admin gets 403, anything else 401, as Bitbucket answers.
+        let valid_user = credentials.split_once(':').is_some_and(|(u, p)| {
+            s.lock()
+                .users
+                .get(&key(u))
+                .is_some_and(|user| !user.password.is_empty() && user.password == p)
+        });
+        return if valid_user {
+            error(StatusCode::FORBIDDEN, "You are not permitted to access this resource")
+        } else {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "Authentication failed. Please check your credentials and try again.",
+            )
+        };
     }
     if parts.method != Method::GET
         && parts.headers.get("x-atlassian-token").and_then(|v| v.to_str().ok()) != Some("no-check")
