@@ -130,7 +130,7 @@ pub async fn check(config: &Config) -> Vec<Probe> {
                         "check providers[].client_id and client_secret, and token_auth_method",
                     ))
                 }
-                Err(OidcError::TokenRefused { status, .. }) if status == 401 => out.push(Probe::fail(
+                Err(OidcError::TokenRefused { status: 401, .. }) => out.push(Probe::fail(
                     format!("provider {id}: the token endpoint {t} refused the client (401)"),
                     "check providers[].client_id and client_secret, and token_auth_method",
                 )),
