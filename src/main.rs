@@ -107,11 +107,11 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run => {
-            let (_, config) = match load(cli.config) {
+            let (path, config) = match load(cli.config) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            match run(config) {
+            match run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("bitbucket-sso-proxy: {err:#}");
@@ -162,9 +162,9 @@ fn demo(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: bbsso::config::Config) -> anyhow::Result<()> {
+fn run(config: bbsso::config::Config, path: PathBuf) -> anyhow::Result<()> {
     bbsso::telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(bbsso::server::run(config, bbsso::server::shutdown_signal()))?;
+    runtime.block_on(bbsso::server::run(config, Some(path), bbsso::server::shutdown_signal()))?;
     Ok(())
 }

@@ -107,6 +107,6 @@ format = "pretty"
     println!(
         "\nbitbucket-sso-proxy demo is running.\n\n  Open {public_url}/ in a browser.\n\n  Users of the demo sign-in service:\n    alice / alice-password   groups dev         -> Bitbucket groups bitbucket-developers, stash-users\n    bob   / bob-password     groups dev, admins -> also bitbucket-admins: may open {public_url}/sso/test\n    carol / carol-password   no groups          -> stash-users only\n\n  Sign out: {public_url}/sso/logout    Test configuration (bob): {public_url}/sso/test\n  Demo sign-in service: {issuer}    Bitbucket stand-in (behind the proxy): {bitbucket}\n  Press Ctrl-C to stop.\n"
     );
-    crate::server::serve(config, public, admin, shutdown).await;
+    crate::server::serve(config, public, admin, None, shutdown).await;
     Ok(())
 }
