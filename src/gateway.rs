@@ -32,6 +32,7 @@ pub struct Gateway {
     config: Arc<Config>,
     proxy: Proxy,
     sso: Arc<Sso>,
+    limiter: crate::ratelimit::RateLimiter,
     metrics: Arc<Metrics>,
     ids: RequestIds,
 }
@@ -55,10 +56,12 @@ impl Gateway {
         let proxy = Proxy::new(&config.upstream, config.server.trusted_proxies.clone(), hygiene, names);
         web::templates::install(web::templates::Templates::load(config.ui.templates_dir.as_deref()));
         let sso = Arc::new(Sso::new(config.clone()));
+        let limiter = crate::ratelimit::RateLimiter::new(config.server.rate_limit_per_minute);
         Gateway {
             config,
             proxy,
             sso,
+            limiter,
             metrics,
             ids: RequestIds::new(),
         }
@@ -107,7 +110,25 @@ impl Gateway {
             html,
         };
         let mut set_cookies: Vec<HeaderValue> = Vec::new();
-        let mut response = if route == RouteClass::Sso {
+        let limited = self
+            .sign_in_attempt(&req)
+            .then(|| self.limiter.check(client_ip, Instant::now()).err())
+            .flatten();
+        let mut response = if let Some(wait) = limited {
+            crate::telemetry::metrics::count("bbsso_rate_limited_total", &[("route", route.as_str())]);
+            tracing::warn!(request_id = %record.request_id, client_ip = %client_ip, "sign-in rate limit reached");
+            let mut r = Page::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many sign-in attempts",
+                "This address has started too many sign-ins in a short time. Wait a minute, then try again.",
+            )
+            .render(&record.request_id, html);
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            own(r)
+        } else if route == RouteClass::Sso {
             own(self
                 .sso
                 .handle(req.method(), req.uri().path(), req.uri().query(), req.headers(), &ctx)
@@ -199,6 +220,17 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The requests the sign-in rate limit counts: login, callback, test page, and emergency-login attempts.
+    fn sign_in_attempt(&self, req: &Request<Incoming>) -> bool {
+        let path = route::normalize_path(req.uri().path());
+        match path.as_str() {
+            "/sso/login" | "/sso/callback" | "/sso/test" => true,
+            "/login" => url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .any(|(k, _)| k == self.config.sso.backdoor.query.as_str()),
+            _ => false,
+        }
+    }
+
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -207,13 +239,17 @@ impl Gateway {
         record: &AccessRecord,
         html: bool,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
         let fwd = Forwarding {
             request_id,
             identity,
             bytes_in: record.bytes_in.clone(),
         };
         match self.proxy.forward(req, fwd).await {
-            Ok(r) => r,
+            Ok(r) => {
+                self.metrics.upstream_latency(started.elapsed());
+                r
+            }
             Err(e) => {
                 self.metrics.upstream_error(e.kind());
                 tracing::warn!(request_id = %record.request_id, error = %e, "upstream request failed");

@@ -14,6 +14,7 @@ pub mod mapping;
 pub mod oidc;
 pub mod online;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod session;

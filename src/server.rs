@@ -103,6 +103,7 @@ async fn reload(live: &Live, path: &std::path::Path, metrics: &Arc<Metrics>) {
     let new = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            crate::telemetry::metrics::count("bbsso_config_reloads_total", &[("outcome", "refused")]);
             tracing::error!(target: "audit", event = "config_reload_failed", problems = %e, "configuration reload refused; the previous configuration stays in force");
             return;
         }
@@ -122,6 +123,7 @@ async fn reload(live: &Live, path: &std::path::Path, metrics: &Arc<Metrics>) {
         }
     }
     live.replace(running);
+    crate::telemetry::metrics::count("bbsso_config_reloads_total", &[("outcome", "applied")]);
     tracing::info!(target: "audit", event = "config_reloaded", changed = %changed.join(", "), "configuration reloaded");
 }
 
@@ -238,7 +240,16 @@ pub async fn serve(
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_connections));
     loop {
+        // At most max_connections at once: past that, new connections wait in the kernel's accept queue.
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = public.accept() => {
                 let (stream, peer) = match accepted {
@@ -259,6 +270,7 @@ pub async fn serve(
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = &mut shutdown => break,

@@ -43,6 +43,8 @@ pub struct RawServer {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub keep_alive: Option<Spanned<bool>>,
     pub shutdown_grace: Option<Str>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub rate_limit_per_minute: Option<Spanned<i64>>,
 }
 
 /// `[upstream]`

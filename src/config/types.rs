@@ -59,6 +59,10 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub keep_alive: bool,
     pub shutdown_grace: Duration,
+    /// Most client connections served at once; more wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Sign-in requests (login, callback, test page, emergency login) per client address per minute; 0: no limit.
+    pub rate_limit_per_minute: u32,
 }
 
 /// TLS certificate and key for the public listener.

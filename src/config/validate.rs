@@ -436,6 +436,40 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
         None => 65_536,
     };
     let shutdown_grace = ctx.duration(&s.shutdown_grace, "server.shutdown_grace", "30s");
+    let mut bounded =
+        |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64| -> i64 {
+            match v {
+                Some(n) if !range.contains(n.get_ref()) => {
+                    ctx.at(
+                        n.span(),
+                        key,
+                        format!(
+                            "expected a number from {} to {}, got {}",
+                            range.start(),
+                            range.end(),
+                            n.get_ref()
+                        ),
+                    );
+                    default
+                }
+                Some(n) => *n.get_ref(),
+                None => default,
+            }
+        };
+    let max_connections = usize::try_from(bounded(
+        &s.max_connections,
+        "server.max_connections",
+        1..=1_000_000,
+        10_000,
+    ))
+    .unwrap_or(10_000);
+    let rate_limit_per_minute = u32::try_from(bounded(
+        &s.rate_limit_per_minute,
+        "server.rate_limit_per_minute",
+        0..=100_000,
+        60,
+    ))
+    .unwrap_or(60);
     Some(Server {
         listen: listen?,
         public_url: public_url?,
@@ -446,6 +480,8 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
         max_header_bytes,
         keep_alive: flag(&s.keep_alive, true),
         shutdown_grace,
+        max_connections,
+        rate_limit_per_minute,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct JwksCache {
     fetching: tokio::sync::Mutex<()>,
     min_refetch: Duration,
     fetches: AtomicU64,
+    /// The provider id, for metrics.
+    label: String,
 }
 
 /// Keys by `kid`; a key set without `kid`s is usable only when it holds exactly one key.
@@ -43,7 +45,7 @@ struct Keys {
 
 impl JwksCache {
     /// A cache that refetches on an unknown `kid` at most once per `min_refetch`.
-    pub fn new(http: reqwest::Client, min_refetch: Duration) -> Self {
+    pub fn new(http: reqwest::Client, min_refetch: Duration, label: &str) -> Self {
         JwksCache {
             http,
             source: RwLock::new(None),
@@ -52,6 +54,7 @@ impl JwksCache {
             fetching: tokio::sync::Mutex::new(()),
             min_refetch,
             fetches: AtomicU64::new(0),
+            label: label.to_owned(),
         }
     }
 
@@ -84,6 +87,7 @@ impl JwksCache {
             .clone()
             .ok_or(OidcError::NotLoaded)?;
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::count("bbsso_jwks_fetches_total", &[("provider", &self.label)]);
         let keys = match source {
             Source::File(path) => {
                 let pem = tokio::fs::read(&path)

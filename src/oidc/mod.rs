@@ -161,7 +161,7 @@ impl ProviderRuntime {
             })
             .collect();
         ProviderRuntime {
-            keys: jwks::JwksCache::new(http.clone(), MIN_REFETCH),
+            keys: jwks::JwksCache::new(http.clone(), MIN_REFETCH, &config.id),
             config,
             http,
             endpoints: RwLock::new(None),

@@ -1,6 +1,8 @@
 //! Prometheus metrics kept in fixed arrays of atomics: nothing allocates or locks on the request path.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,6 +14,63 @@ const STATUSES: usize = 600;
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
+
+/// Labelled counters for rare events (sign-ins, provisioning, revalidations...), kept apart from the lock-free
+/// request counters. Families and their help text.
+const FAMILIES: [(&str, &str); 8] = [
+    ("bbsso_logins_total", "Sign-in attempts by outcome and reason code."),
+    (
+        "bbsso_provisioning_actions_total",
+        "Changes made in Bitbucket by provisioning, by action.",
+    ),
+    (
+        "bbsso_sessions_ended_total",
+        "Sessions ended by revalidation, by reason.",
+    ),
+    (
+        "bbsso_revalidations_total",
+        "Refresh-token revalidations at the provider, by outcome.",
+    ),
+    (
+        "bbsso_jwks_fetches_total",
+        "Fetches of a provider's signing keys, by provider.",
+    ),
+    (
+        "bbsso_rate_limited_total",
+        "Requests refused with 429 by the per-address rate limit, by route.",
+    ),
+    ("bbsso_backdoor_total", "Emergency-login attempts, by outcome."),
+    (
+        "bbsso_config_reloads_total",
+        "Configuration reloads (SIGHUP), by outcome.",
+    ),
+];
+
+static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one event of `family` with `labels` (label values are stable codes, never user input).
+pub fn count(family: &'static str, labels: &[(&str, &str)]) {
+    let rendered = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['"', '\\', '\n'], "_")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut events = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
+    *events.entry((family, rendered)).or_insert(0) += 1;
+}
+
+fn render_events(out: &mut String) {
+    let events = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
+    for (family, help) in FAMILIES {
+        let _ = writeln!(out, "# HELP {family} {help}");
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for ((f, labels), v) in events.iter() {
+            if *f == family {
+                let _ = writeln!(out, "{family}{{{labels}}} {v}");
+            }
+        }
+    }
+}
 
 /// Why forwarding to Bitbucket failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +111,9 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     connections: AtomicU64,
+    upstream_buckets: [AtomicU64; BUCKETS.len()],
+    upstream_count: AtomicU64,
+    upstream_sum_micros: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -66,6 +128,9 @@ impl Default for Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            upstream_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_count: AtomicU64::new(0),
+            upstream_sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +159,19 @@ impl Metrics {
         );
         self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// Records how long Bitbucket took to send response headers.
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.upstream_buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.upstream_count.fetch_add(1, Ordering::Relaxed);
+        self.upstream_sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Records a failed attempt to reach Bitbucket.
@@ -205,6 +283,28 @@ impl Metrics {
             "bbsso_connections_total {}",
             self.connections.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP bbsso_upstream_response_seconds Time until Bitbucket's response headers."
+        );
+        let _ = writeln!(out, "# TYPE bbsso_upstream_response_seconds histogram");
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.upstream_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "bbsso_upstream_response_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.upstream_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "bbsso_upstream_response_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "bbsso_upstream_response_seconds_sum {}",
+            self.upstream_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "bbsso_upstream_response_seconds_count {count}");
+        render_events(&mut out);
         out
     }
 }

@@ -879,7 +879,8 @@ impl Sso {
                 reason: "provider no longer configured".into(),
             };
         };
-        self.revalidator
+        let outcome = self
+            .revalidator
             .run(&s.id, s.revalidated_at, now, || async move {
                 let Some(endpoints) = provider.endpoints() else {
                     return Outcome::Unavailable {
@@ -895,7 +896,14 @@ impl Sso {
                     Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
                 }
             })
-            .await
+            .await;
+        let label = match &outcome {
+            Outcome::Confirmed { .. } => "confirmed",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Unavailable { .. } => "unavailable",
+        };
+        crate::telemetry::metrics::count("bbsso_revalidations_total", &[("outcome", label)]);
+        outcome
     }
 
     /// The identity headers for a session: the username and a fresh assertion.
