@@ -15,7 +15,7 @@ async fn the_sign_in_rate_limit_answers_429_and_recovers() {
     let port = free_port();
     let upstream = spawn_identity_upstream(format!("http://127.0.0.1:{port}")).await;
     let text = sso_config(port, upstream, &provider.issuer, "oidc", "", "")
-        .replace("public_url", "rate_limit_per_minute = 60\npublic_url");
+        .replace("rate_limit_per_minute = 0", "rate_limit_per_minute = 60");
     let proxy = ProxyProcess::start(&text);
     wait_ready(proxy.admin).await;
     let client = browser();
