@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use bbsso::standin::{Settings, Standin};
+use bbsso::standin::Standin;
 use common::idp::*;
 use common::*;
 
@@ -23,16 +23,13 @@ async fn sign_in_pages_in_a_real_browser() {
     let port = free_port();
     let idp = RealProvider::start(port, &[]);
     let partner = RealProvider::start(port, &[]);
-    let standin = Standin::new(Settings {
-        admin_user: "svc".into(),
-        admin_password: "svc-password".into(),
-        assertion_secret: ASSERTION_SECRET.into(),
-        issuer: format!("http://127.0.0.1:{port}/sso"),
-        user_header: "X-Forwarded-User".into(),
-        assertion_header: "X-Bbsso-Assertion".into(),
-        trusted: vec!["127.0.0.0/8".parse().unwrap()],
-        max_users: 100,
-    });
+    let standin = Standin::new(standin_settings(
+        "svc",
+        "svc-password",
+        format!("http://127.0.0.1:{port}/sso"),
+        &["127.0.0.0/8"],
+        100,
+    ));
     standin.add_group("stash-users");
     standin.add_user(
         "bob",

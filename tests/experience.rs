@@ -3,7 +3,7 @@
 
 mod common;
 
-use bbsso::standin::{Settings, Standin};
+use bbsso::standin::Standin;
 use common::idp::*;
 use common::*;
 
@@ -24,16 +24,13 @@ async fn env(two_providers: bool, rest: &str) -> Env {
     if two_providers {
         providers.push(RealProvider::start(port, &[]));
     }
-    let standin = Standin::new(Settings {
-        admin_user: ADMIN.into(),
-        admin_password: ADMIN_PASSWORD.into(),
-        assertion_secret: ASSERTION_SECRET.into(),
-        issuer: format!("http://127.0.0.1:{port}/sso"),
-        user_header: "X-Forwarded-User".into(),
-        assertion_header: "X-Bbsso-Assertion".into(),
-        trusted: vec!["127.0.0.0/8".parse().unwrap()],
-        max_users: 1000,
-    });
+    let standin = Standin::new(standin_settings(
+        ADMIN,
+        ADMIN_PASSWORD,
+        format!("http://127.0.0.1:{port}/sso"),
+        &["127.0.0.0/8"],
+        1000,
+    ));
     standin.add_group("stash-users");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();

@@ -4,21 +4,18 @@ mod common;
 
 use std::process::Command;
 
-use bbsso::standin::{Settings, Standin};
+use bbsso::standin::Standin;
 use common::idp::*;
 use common::*;
 
 async fn standin() -> std::net::SocketAddr {
-    let s = Standin::new(Settings {
-        admin_user: "svc".into(),
-        admin_password: "svc-password".into(),
-        assertion_secret: ASSERTION_SECRET.into(),
-        issuer: "http://127.0.0.1:1/sso".into(),
-        user_header: "X-Forwarded-User".into(),
-        assertion_header: "X-Bbsso-Assertion".into(),
-        trusted: vec![],
-        max_users: 10,
-    });
+    let s = Standin::new(standin_settings(
+        "svc",
+        "svc-password",
+        "http://127.0.0.1:1/sso".to_owned(),
+        &[],
+        10,
+    ));
     s.add_user("plain", "Plain User", "plain@example.com", "plain-password", true, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bbsso::standin::{Settings, Standin};
+use bbsso::standin::Standin;
 use common::idp::*;
 use common::*;
 
@@ -22,16 +22,13 @@ struct Env {
 async fn env(rest: &str, admin_password: &str, prepare: impl FnOnce(&Standin)) -> Env {
     let port = free_port();
     let provider = RealProvider::start(port, &[]);
-    let standin = Standin::new(Settings {
-        admin_user: ADMIN.into(),
-        admin_password: ADMIN_PASSWORD.into(),
-        assertion_secret: ASSERTION_SECRET.into(),
-        issuer: format!("http://127.0.0.1:{port}/sso"),
-        user_header: "X-Forwarded-User".into(),
-        assertion_header: "X-Bbsso-Assertion".into(),
-        trusted: vec!["127.0.0.0/8".parse().unwrap()],
-        max_users: 1000,
-    });
+    let standin = Standin::new(standin_settings(
+        ADMIN,
+        ADMIN_PASSWORD,
+        format!("http://127.0.0.1:{port}/sso"),
+        &["127.0.0.0/8"],
+        1000,
+    ));
     prepare(&standin);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();

@@ -112,39 +112,30 @@ pub fn admin(s: &Standin, parts: &Parts, path: &str, query: &HashMap<String, Str
             {
                 return error(StatusCode::BAD_REQUEST, "A password is required unless notify is set");
             }
-            let raced = std::mem::take(&mut st.conflict_next_create);
-            if st.users.contains_key(&key(name)) || raced {
-                if raced {
-                    let user = User {
-                        name: name.clone(),
-                        display_name: display.clone(),
-                        email: email.clone(),
-                        password: String::new(),
-                        directory: "Bitbucket Internal Directory".into(),
-                        mutable: true,
-                        groups: Default::default(),
-                    };
-                    st.users.insert(key(name), user);
-                }
-                return error(StatusCode::CONFLICT, "A user with that name already exists");
-            }
-            if st.users.len() >= s.settings.max_users {
-                return error(StatusCode::FORBIDDEN, "You have reached your licence limit");
-            }
-            let mut groups = std::collections::BTreeSet::new();
-            if query.get("addToDefaultGroup").map(String::as_str) != Some("false") && st.groups.contains("stash-users")
-            {
-                groups.insert("stash-users".to_owned());
-            }
-            let user = User {
+            let mut user = User {
                 name: name.clone(),
                 display_name: display.clone(),
                 email: email.clone(),
                 password: query.get("password").cloned().unwrap_or_default(),
                 directory: "Bitbucket Internal Directory".into(),
                 mutable: true,
-                groups,
+                groups: Default::default(),
             };
+            if std::mem::take(&mut st.conflict_next_create) {
+                // Another sign-in created the same user a moment earlier.
+                st.users.insert(key(name), user);
+                return error(StatusCode::CONFLICT, "A user with that name already exists");
+            }
+            if st.users.contains_key(&key(name)) {
+                return error(StatusCode::CONFLICT, "A user with that name already exists");
+            }
+            if st.users.len() >= s.settings.max_users {
+                return error(StatusCode::FORBIDDEN, "You have reached your licence limit");
+            }
+            if query.get("addToDefaultGroup").map(String::as_str) != Some("false") && st.groups.contains("stash-users")
+            {
+                user.groups.insert("stash-users".to_owned());
+            }
             st.users.insert(key(name), user);
             empty(StatusCode::NO_CONTENT)
         }

@@ -297,3 +297,23 @@ pub async fn wait_ready(admin: SocketAddr) {
     }
     panic!("proxy never became ready");
 }
+
+/// Stand-in settings with the test secret and the default header names.
+pub fn standin_settings(
+    admin: &str,
+    password: &str,
+    issuer: String,
+    trusted: &[&str],
+    max_users: usize,
+) -> bbsso::standin::Settings {
+    bbsso::standin::Settings {
+        admin_user: admin.into(),
+        admin_password: password.into(),
+        assertion_secret: ASSERTION_SECRET.into(),
+        issuer,
+        user_header: "X-Forwarded-User".into(),
+        assertion_header: "X-Bbsso-Assertion".into(),
+        trusted: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+        max_users,
+    }
+}
