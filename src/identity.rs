@@ -45,7 +45,7 @@ impl Asserter {
     /// A fresh assertion for a user at `now`.
     pub fn mint(&self, username: &str, email: Option<&str>, name: Option<&str>, now: i64) -> Option<String> {
         let mut jti = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut jti);
+        rand::thread_rng().fill_bytes(&mut jti);
         let claims = AssertionClaims {
             iss: self.issuer.clone(),
             aud: AUDIENCE.to_owned(),
