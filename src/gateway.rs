@@ -85,7 +85,8 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let request_id = self.ids.accept_or_new(req.headers().get(&X_REQUEST_ID));
-        let route = route::classify(req.uri().path(), &self.config.sso);
+        let normalized = route::normalize_path(req.uri().path());
+        let route = route::classify_normalized(&normalized, &self.config.sso);
         let uri = req.uri().clone();
         let client_ip = proxy::prepare(req.headers_mut(), &uri, peer.ip(), self.proxy.trusted());
         let html = web::wants_html(req.headers());
@@ -111,7 +112,7 @@ impl Gateway {
         };
         let mut set_cookies: Vec<HeaderValue> = Vec::new();
         let limited = self
-            .sign_in_attempt(&req)
+            .sign_in_attempt(&normalized, req.uri().query())
             .then(|| self.limiter.check(client_ip, Instant::now()).err())
             .flatten();
         let mut response = if let Some(wait) = limited {
@@ -147,7 +148,6 @@ impl Gateway {
                 }
                 Lookup::None => None,
             };
-            let normalized = route::normalize_path(req.uri().path());
             let backdoor = if self.config.sso.enabled && found.is_none() {
                 let (pass, grant) = self.sso.backdoor(&normalized, req.uri().query(), req.headers(), &ctx);
                 set_cookies.extend(grant);
@@ -221,11 +221,10 @@ impl Gateway {
 
 impl Gateway {
     /// The requests the sign-in rate limit counts: login, callback, test page, and emergency-login attempts.
-    fn sign_in_attempt(&self, req: &Request<Incoming>) -> bool {
-        let path = route::normalize_path(req.uri().path());
-        match path.as_str() {
+    fn sign_in_attempt(&self, normalized: &str, query: Option<&str>) -> bool {
+        match normalized {
             "/sso/login" | "/sso/callback" | "/sso/test" => true,
-            "/login" => url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            "/login" => url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
                 .any(|(k, _)| k == self.config.sso.backdoor.query.as_str()),
             _ => false,
         }

@@ -37,12 +37,16 @@ impl RouteClass {
 
 /// Classifies a request path (without query).
 pub fn classify(path: &str, sso: &Sso) -> RouteClass {
-    let normalized = normalize_path(path);
-    if matches_prefix(&normalized, "/sso/") || normalized == "/sso" {
+    classify_normalized(&normalize_path(path), sso)
+}
+
+/// Classifies a path already passed through [`normalize_path`].
+pub fn classify_normalized(normalized: &str, sso: &Sso) -> RouteClass {
+    if matches_prefix(normalized, "/sso/") || normalized == "/sso" {
         RouteClass::Sso
-    } else if sso.api_paths.iter().any(|p| matches_prefix(&normalized, p)) {
+    } else if sso.api_paths.iter().any(|p| matches_prefix(normalized, p)) {
         RouteClass::Api
-    } else if sso.public_paths.iter().any(|p| matches_prefix(&normalized, p)) {
+    } else if sso.public_paths.iter().any(|p| matches_prefix(normalized, p)) {
         RouteClass::Public
     } else {
         RouteClass::Page

@@ -100,7 +100,11 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Opens and decodes a sealed cookie; any failure reads as absent.
 pub fn open<T: DeserializeOwned>(headers: &HeaderMap, ring: &Keyring, name: &str) -> Option<T> {
-    let sealed = get(headers, name)?;
+    open_value(ring, name, get(headers, name)?)
+}
+
+/// Opens and decodes the sealed value of cookie `name`; any failure reads as absent.
+pub fn open_value<T: DeserializeOwned>(ring: &Keyring, name: &str, sealed: &str) -> Option<T> {
     let plain = ring.open(name, sealed).ok()?;
     serde_json::from_slice(&plain).ok()
 }

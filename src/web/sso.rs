@@ -829,10 +829,10 @@ impl Sso {
 
     /// Finds and checks the session of a request; revalidates at the provider when due.
     pub async fn session(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Lookup {
-        if cookies::get(headers, &self.names.session).is_none() {
+        let Some(sealed) = cookies::get(headers, &self.names.session) else {
             return Lookup::None;
-        }
-        let Some(mut s) = cookies::open::<Session>(headers, &self.ring, &self.names.session) else {
+        };
+        let Some(mut s) = cookies::open_value::<Session>(&self.ring, &self.names.session, sealed) else {
             return Lookup::Ended;
         };
         let now = session::now();
