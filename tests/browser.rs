@@ -39,9 +39,7 @@ async fn sign_in_pages_in_a_real_browser() {
         true,
         &["bitbucket-admins", "stash-users"],
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(standin.clone().serve(listener));
+    let upstream = serve_standin(&standin).await;
     let rest = "[bitbucket]\nadmin_user = \"svc\"\nadmin_password = \"svc-password\"\n\n\
                 [groups]\nenabled = true\ndefault_groups = [\"stash-users\"]\n[groups.map]\n\"bitbucket-developers\" = [\"dev\"]\n\n\
                 [admin]\ntest_page_groups = [\"bitbucket-admins\"]\n\n\
@@ -54,11 +52,7 @@ async fn sign_in_pages_in_a_real_browser() {
         "display_name = \"Corporate\"",
         rest,
     );
-    let second = format!(
-        "\n[[providers]]\nid = \"partner\"\ndisplay_name = \"Partner\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
-        partner.issuer
-    );
-    text = text.replacen("\n[bitbucket]", &format!("{second}\n[bitbucket]"), 1);
+    text = with_partner_provider(&text, &partner.issuer);
     // The provider ends bob's provider session when the test page signs alice in there (its session switch),
     // which revokes bob's refresh token; revalidation would then rightly end bob's proxy session mid-test.
     text = text.replace("revalidate_every = \"2s\"", "revalidate_every = \"0s\"");

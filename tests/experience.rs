@@ -32,9 +32,7 @@ async fn env(two_providers: bool, rest: &str) -> Env {
         1000,
     ));
     standin.add_group("stash-users");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(standin.clone().serve(listener));
+    let upstream = serve_standin(&standin).await;
     let mut text = sso_config(
         port,
         upstream,
@@ -44,11 +42,7 @@ async fn env(two_providers: bool, rest: &str) -> Env {
         &format!("[bitbucket]\nadmin_user = \"{ADMIN}\"\nadmin_password = \"{ADMIN_PASSWORD}\"\n\n{rest}"),
     );
     if two_providers {
-        let second = format!(
-            "\n[[providers]]\nid = \"partner\"\ndisplay_name = \"Partner\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
-            providers[1].issuer
-        );
-        text = text.replacen("\n[bitbucket]", &format!("{second}\n[bitbucket]"), 1);
+        text = with_partner_provider(&text, &providers[1].issuer);
     }
     // Revalidation is tested elsewhere; here it would only race with the provider's own session handling.
     let text = text.replace("revalidate_every = \"2s\"", "revalidate_every = \"0s\"");

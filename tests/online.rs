@@ -17,10 +17,7 @@ async fn standin() -> std::net::SocketAddr {
         10,
     ));
     s.add_user("plain", "Plain User", "plain@example.com", "plain-password", true, &[]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(s.serve(listener));
-    addr
+    serve_standin(&s).await
 }
 
 fn run(text: &str) -> (i32, String) {

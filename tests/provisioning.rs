@@ -30,9 +30,7 @@ async fn env(rest: &str, admin_password: &str, prepare: impl FnOnce(&Standin)) -
         1000,
     ));
     prepare(&standin);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(standin.clone().serve(listener));
+    let upstream = serve_standin(&standin).await;
     let text = sso_config(
         port,
         upstream,

@@ -317,3 +317,19 @@ pub fn standin_settings(
         max_users,
     }
 }
+
+/// Serves a stand-in on a fresh loopback port; returns its address (the proxy's upstream).
+pub async fn serve_standin(standin: &bbsso::standin::Standin) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(standin.clone().serve(listener));
+    addr
+}
+
+/// Adds a second provider, `partner`, to an [`sso_config`] text (before its `[bitbucket]` section).
+pub fn with_partner_provider(text: &str, issuer: &str) -> String {
+    let second = format!(
+        "\n[[providers]]\nid = \"partner\"\ndisplay_name = \"Partner\"\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+    );
+    text.replacen("\n[bitbucket]", &format!("{second}\n[bitbucket]"), 1)
+}
