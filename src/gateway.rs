@@ -140,10 +140,15 @@ impl Gateway {
             } else {
                 Lookup::None
             };
+            let mut store_down = false;
             let found = match lookup {
                 Lookup::Valid(found) => Some(found),
                 Lookup::Ended => {
                     set_cookies.extend(self.sso.clear_session_cookie());
+                    None
+                }
+                Lookup::Unavailable => {
+                    store_down = true;
                     None
                 }
                 Lookup::None => None,
@@ -169,11 +174,14 @@ impl Gateway {
                 auto_redirect: self.config.sso.auto_redirect,
             };
             match (access::decide(&facts, switches), found) {
+                // The request has a session that cannot be read now: neither sign-in (a loop) nor anonymous access.
+                (Access::Login | Access::Unauthorized, _) if store_down => {
+                    let reload = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    own(self.sso.store_down_page(&ctx, None, reload))
+                }
                 (Access::ForwardAsUser, Some(found)) => {
                     record.user = Some(found.session.username.clone());
-                    if found.reissue {
-                        set_cookies.extend(self.sso.session_cookie(&found.session));
-                    }
+                    set_cookies.extend(found.set_cookie.clone());
                     let identity = self.sso.identity_values(&found.session);
                     self.forward(req, &request_id, identity, &record, html).await
                 }

@@ -222,9 +222,9 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     accepted = admin.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let Ok((stream, peer)) = accepted else { continue };
                         let live = admin_live.clone();
-                        let service = service_fn(move |req| live.current().admin.clone().handle(req));
+                        let service = service_fn(move |req| live.current().admin.clone().handle(req, peer));
                         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {

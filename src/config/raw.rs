@@ -82,6 +82,11 @@ pub struct RawSession {
     pub redis_url: Option<Str>,
     pub redis_url_file: Option<Str>,
     pub redis_key_prefix: Option<Str>,
+    pub redis_password: Option<Str>,
+    pub redis_password_file: Option<Str>,
+    pub redis_ca_file: Option<Str>,
+    pub redis_pool_size: Option<Spanned<i64>>,
+    pub redis_timeout: Option<Str>,
 }
 
 /// One `[[providers]]` entry.
@@ -188,6 +193,8 @@ pub struct RawUi {
 pub struct RawAdmin {
     pub test_page_groups: Option<StrList>,
     pub test_page_any_user: Option<Spanned<bool>>,
+    pub api_token: Option<Str>,
+    pub api_token_file: Option<Str>,
 }
 
 /// `[log]`

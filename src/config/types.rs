@@ -114,6 +114,14 @@ pub struct Session {
     pub store: SessionStore,
     pub redis_url: Option<Secret>,
     pub redis_key_prefix: String,
+    /// Overrides the password of `redis_url` (which may also carry one: `redis://:password@host`).
+    pub redis_password: Option<Secret>,
+    /// PEM root certificates to trust for `rediss://` instead of the system's.
+    pub redis_ca_file: Option<Vec<u8>>,
+    /// Multiplexed connections kept open to Redis.
+    pub redis_pool_size: usize,
+    /// Longest wait for one Redis command.
+    pub redis_timeout: Duration,
 }
 
 /// A decoded session key (at least 32 bytes).
@@ -280,6 +288,8 @@ pub struct Admin {
     pub test_page_groups: Vec<String>,
     /// With an empty `test_page_groups`: whether any signed-in user may open `/sso/test`.
     pub test_page_any_user: bool,
+    /// Bearer token of the session API on the admin listener (`/admin/sessions`); off without one.
+    pub api_token: Option<Secret>,
 }
 
 /// Log output format.

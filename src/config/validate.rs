@@ -146,6 +146,27 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A whole number within `range`; out of range is reported and the default used.
+    fn bounded(&mut self, v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
+        match v {
+            Some(n) if !range.contains(n.get_ref()) => {
+                self.at(
+                    n.span(),
+                    key,
+                    format!(
+                        "expected a number from {} to {}, got {}",
+                        range.start(),
+                        range.end(),
+                        n.get_ref()
+                    ),
+                );
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        }
+    }
+
     fn duration(&mut self, v: &Option<Str>, key: &str, default: &str) -> Duration {
         self.parsed(v, key, default, duration::parse)
     }
@@ -354,6 +375,16 @@ pub fn validate(raw: raw::RawConfig, ctx: &mut Ctx<'_>) -> Option<Config> {
     let admin = Admin {
         test_page_groups: ctx.list(&admin_raw.test_page_groups, "admin.test_page_groups", &[]),
         test_page_any_user: flag(&admin_raw.test_page_any_user, false),
+        api_token: ctx
+            .secret(&admin_raw.api_token, &admin_raw.api_token_file, "admin.api_token")
+            .and_then(|(token, at)| {
+                if token.expose().len() >= 16 {
+                    Some(token)
+                } else {
+                    ctx.at(at, "admin.api_token", "must be at least 16 characters; generate one with `bitbucket-sso-proxy gen-key`");
+                    None
+                }
+            }),
     };
     let log = log(raw.log, ctx);
 
@@ -436,34 +467,14 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
         None => 65_536,
     };
     let shutdown_grace = ctx.duration(&s.shutdown_grace, "server.shutdown_grace", "30s");
-    let mut bounded =
-        |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64| -> i64 {
-            match v {
-                Some(n) if !range.contains(n.get_ref()) => {
-                    ctx.at(
-                        n.span(),
-                        key,
-                        format!(
-                            "expected a number from {} to {}, got {}",
-                            range.start(),
-                            range.end(),
-                            n.get_ref()
-                        ),
-                    );
-                    default
-                }
-                Some(n) => *n.get_ref(),
-                None => default,
-            }
-        };
-    let max_connections = usize::try_from(bounded(
+    let max_connections = usize::try_from(ctx.bounded(
         &s.max_connections,
         "server.max_connections",
         1..=1_000_000,
         10_000,
     ))
     .unwrap_or(10_000);
-    let rate_limit_per_minute = u32::try_from(bounded(
+    let rate_limit_per_minute = u32::try_from(ctx.bounded(
         &s.rate_limit_per_minute,
         "server.rate_limit_per_minute",
         0..=100_000,
@@ -710,7 +721,42 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
         );
     }
     let redis_key_prefix = ctx.text_or(&s.redis_key_prefix, "session.redis_key_prefix", "bbsso:");
-    Session {
+    let redis_password = ctx
+        .secret(&s.redis_password, &s.redis_password_file, "session.redis_password")
+        .map(|(p, _)| p);
+    let redis_ca_file = s.redis_ca_file.as_ref().and_then(|f| {
+        let name = ctx.text(f, "session.redis_ca_file")?;
+        let path = ctx.path(&name);
+        match std::fs::read(&path) {
+            Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                ctx.at(
+                    f.span(),
+                    "session.redis_ca_file",
+                    format!("{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.at(
+                    f.span(),
+                    "session.redis_ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    let redis_pool_size = usize::try_from(ctx.bounded(&s.redis_pool_size, "session.redis_pool_size", 1..=64, 4)).unwrap_or(4);
+    let redis_timeout = ctx.duration(&s.redis_timeout, "session.redis_timeout", "2s");
+    if redis_timeout.is_zero() {
+        ctx.at(
+            s.redis_timeout.as_ref().map(|v| v.span()).unwrap_or(0..0),
+            "session.redis_timeout",
+            "must be greater than 0s",
+        );
+    }
+    let session = Session {
         cookie_name,
         keys,
         lifetime,
@@ -721,7 +767,19 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
         store,
         redis_url,
         redis_key_prefix,
+        redis_password,
+        redis_ca_file,
+        redis_pool_size,
+        redis_timeout,
+    };
+    if session.store == SessionStore::Redis
+        && session.redis_url.is_some()
+        && let Err(problem) = crate::session::redis::client(&session)
+    {
+        let at = s.redis_url.as_ref().or(s.redis_url_file.as_ref()).map(|v| v.span()).unwrap_or(0..0);
+        ctx.at(at, "session.redis_url", problem);
     }
+    session
 }
 
 /// Accepts standard or URL-safe base64, padded or not.

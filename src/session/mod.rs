@@ -3,7 +3,9 @@
 
 pub mod cookies;
 pub mod keyring;
+pub mod redis;
 pub mod revalidate;
+pub mod store;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +152,10 @@ mod tests {
             store: config::SessionStore::Cookie,
             redis_url: None,
             redis_key_prefix: "bbsso:".into(),
+            redis_password: None,
+            redis_ca_file: None,
+            redis_pool_size: 4,
+            redis_timeout: Duration::from_secs(2),
         }
     }
 

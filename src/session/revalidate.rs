@@ -20,6 +20,8 @@ pub enum Outcome {
     Refused { reason: String },
     /// The provider could not be asked (network, 5xx): try again later, within the grace period.
     Unavailable { reason: String },
+    /// The shared store no longer holds the session (revoked, or ended on another replica).
+    Removed,
 }
 
 /// The single-flight gate, shared by all requests of this process.

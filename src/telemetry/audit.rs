@@ -38,6 +38,12 @@ pub fn session_ended(o: Origin<'_>, user: &str, provider: &str, reason: &str) {
     tracing::warn!(target: "audit", event = "session_ended", user, provider, reason, request_id = o.request_id, client_ip = %o.client_ip, "session ended by revalidation");
 }
 
+/// An administrator ended a session through the admin API (every replica refuses it from the next request).
+pub fn session_revoked(o: Origin<'_>, user: &str, session_id: &str, provider: &str) {
+    count("bbsso_sessions_ended_total", &[("reason", "revoked")]);
+    tracing::warn!(target: "audit", event = "session_revoked", user, session_id, provider, by = "admin_api", request_id = o.request_id, client_ip = %o.client_ip, "session revoked");
+}
+
 /// A change made in Bitbucket by provisioning: `user_created`, `profile_updated`, `group_created`,
 /// `group_added`, `group_removed`.
 pub fn bitbucket_change(o: Origin<'_>, event: &str, user: &str, group: Option<&str>) {

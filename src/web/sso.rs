@@ -20,6 +20,7 @@ use crate::oidc::{Logout, ProviderRuntime, Providers, flow};
 use crate::session::cookies::{self, CookieNames, MAX_PENDING_LOGINS};
 use crate::session::keyring::Keyring;
 use crate::session::revalidate::{Outcome, Revalidator};
+use crate::session::store::{Store, StoreError, Target, Updated};
 use crate::session::{self, PENDING_LOGIN_SECS, PendingLogin, Session, Verdict};
 use crate::telemetry::audit::{self, Origin};
 
@@ -51,6 +52,8 @@ pub struct Sso {
     asserter: Option<Asserter>,
     provisioner: Provisioner,
     revalidator: Revalidator,
+    /// Where sessions live (cookie or Redis).
+    pub store: Store,
     redirect_uri: String,
     logged_out_uri: String,
 }
@@ -58,8 +61,8 @@ pub struct Sso {
 /// A session found on a request, with what must happen to its cookie.
 pub struct Found {
     pub session: Session,
-    /// Re-issue the cookie (activity recorded, or revalidation changed it).
-    pub reissue: bool,
+    /// The re-issued cookie (cookie store: activity recorded, or revalidation changed it).
+    pub set_cookie: Option<HeaderValue>,
 }
 
 /// The outcome of looking for a session.
@@ -68,6 +71,8 @@ pub enum Lookup {
     Valid(Box<Found>),
     /// There was a cookie but it no longer counts: clear it.
     Ended,
+    /// There was a cookie but the session store cannot be asked right now (Redis down).
+    Unavailable,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -88,6 +93,7 @@ impl Sso {
                 .map(|s| Asserter::new(&config.server.public_url, s.expose(), config.identity.assertion_ttl)),
             provisioner: Provisioner::new(config.clone()),
             revalidator: Revalidator::default(),
+            store: Store::new(&config.session, &CookieNames::new(&config.session.cookie_name, secure).session),
             redirect_uri: format!("{base}/sso/callback"),
             logged_out_uri: format!("{base}/sso/logged-out"),
             config,
@@ -252,12 +258,15 @@ impl Sso {
     /// Who may use the test page: members of `admin.test_page_groups` (looked up in Bitbucket), or any
     /// signed-in user when that list is empty and `admin.test_page_any_user` is on.
     async fn may_test(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Result<Session, Reply> {
-        let session = cookies::open::<Session>(headers, &self.ring, &self.names.session).filter(|s| {
-            matches!(
-                session::verdict(s, session::now(), &self.config.session),
-                Verdict::Valid { .. }
-            )
-        });
+        let session = match self.current_session(headers).await {
+            Ok(s) => s.filter(|s| {
+                matches!(
+                    session::verdict(s, session::now(), &self.config.session),
+                    Verdict::Valid { .. }
+                )
+            }),
+            Err(e) => return Err(self.store_down_page(ctx, Some(&e), "/sso/test")),
+        };
         let Some(session) = session else {
             return Err(Page::new(
                 StatusCode::UNAUTHORIZED,
@@ -716,7 +725,21 @@ impl Sso {
             refresh_token: self.config.session.revalidate_every.and(tokens.refresh_token.clone()),
             remember_me: pending.remember_me,
         };
-        let Some(cookie) = self.session_cookie(&new_session) else {
+        let stored = match self.store.create(&new_session, now).await {
+            Ok(value) => self.session_cookie(&value, &new_session),
+            Err(e @ StoreError::Unavailable(_)) => {
+                let page = Page::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session_store_unavailable",
+                    "Sign-in could not be completed",
+                    "You were recognised, but your session could not be stored because the session store is unavailable. Wait a minute and try again; if it keeps happening, tell your Bitbucket administrator.",
+                )
+                .action("Try again", "/sso/login");
+                return Err(self.fail(ctx, page, Some(pid), &e.to_string()));
+            }
+            Err(_) => None,
+        };
+        let Some(cookie) = stored else {
             let page = try_again(
                 "session_not_stored",
                 "Sign-in could not be completed",
@@ -736,32 +759,85 @@ impl Sso {
         Ok(response)
     }
 
-    /// The `Set-Cookie` for a session; drops the refresh token if the cookie would be too big.
-    pub fn session_cookie(&self, s: &Session) -> Option<HeaderValue> {
+    /// The `Set-Cookie` carrying a session's cookie value: persistent for "keep me signed in".
+    fn session_cookie(&self, value: &str, s: &Session) -> Option<HeaderValue> {
         let max_age = s.remember_me.then(|| s.expires_at - session::now());
-        self.names.seal(&self.ring, &self.names.session, s, max_age).or_else(|| {
-            let mut smaller = s.clone();
-            smaller.refresh_token = None;
-            tracing::warn!(user = %s.username, "session too large for a cookie with the refresh token; revalidation is off for it");
-            self.names.seal(&self.ring, &self.names.session, &smaller, max_age)
-        })
+        self.names.set(&self.names.session, value, max_age)
     }
 
-    /// `/sso/logout` and Bitbucket's `/j_atl_security_logout`: end every session, then the provider's.
-    pub async fn logout(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
-        let found: Option<Session> = cookies::open(headers, &self.ring, &self.names.session);
-        let provider = found
-            .as_ref()
-            .map(|s| s.provider.clone())
-            .or_else(|| self.config.sso.default_provider.clone())
-            .and_then(|id| self.providers.get(&id).cloned());
-        if let (Some(s), Some(p)) = (&found, &provider)
-            && let (Some(rt), Some(endpoints)) = (&s.refresh_token, p.endpoints())
+    /// The session of the request's cookie, as stored (no expiry or idle checks beyond the absolute end).
+    async fn current_session(&self, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+        match cookies::get(headers, &self.names.session) {
+            Some(value) => self.store.load(value, session::now()).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The 503 page for a request that needs its session while the session store is down. It reloads itself, so
+    /// the user is back as soon as the store answers again.
+    pub fn store_down_page(&self, ctx: &Ctx<'_>, e: Option<&StoreError>, reload: &str) -> Reply {
+        if let Some(e) = e {
+            tracing::warn!(request_id = ctx.request_id, error = %e, "session store unavailable");
+            crate::telemetry::metrics::count("bbsso_session_store_errors_total", &[("store", self.store.kind())]);
+        }
+        let reload = safe_return_path(reload, &self.config.server.public_url);
+        let mut reply = Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_store_unavailable",
+            "Sessions are unavailable right now",
+            "Bitbucket's sign-in sessions are kept in a store that cannot be reached at the moment. You are still signed in: this page reloads by itself and takes you back as soon as the store answers again. If it lasts, tell your Bitbucket administrator.",
+        )
+        .refresh(10, &reload)
+        .render(ctx.request_id, ctx.html);
+        reply
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        reply
+    }
+
+    /// Ends sessions on every replica (admin API): removes them from the store, revokes their refresh tokens
+    /// at the provider (best effort) and writes one audit event per session.
+    pub async fn revoke(&self, target: &Target, origin: Origin<'_>) -> Result<Vec<Session>, StoreError> {
+        let ended = self.store.revoke(target).await?;
+        for s in &ended {
+            audit::session_revoked(origin, &s.username, &s.id, &s.provider);
+            self.revoke_refresh_token(s).await;
+        }
+        Ok(ended)
+    }
+
+    /// Tells the provider that a session's refresh token is no longer wanted (best effort).
+    async fn revoke_refresh_token(&self, s: &Session) {
+        if let (Some(rt), Some(p)) = (&s.refresh_token, self.providers.get(&s.provider))
+            && let Some(endpoints) = p.endpoints()
             && let Some(url) = &endpoints.revocation
             && let Err(e) = client::revoke(&p.http, &p.config, url, rt).await
         {
             tracing::warn!(user = %s.username, error = %e, "refresh token revocation failed");
         }
+    }
+
+    /// `/sso/logout` and Bitbucket's `/j_atl_security_logout`: end every session, then the provider's.
+    pub async fn logout(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Reply {
+        let found = match self.current_session(headers).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Signing out still clears the browser's cookies; the stored session ends by its TTL.
+                tracing::warn!(request_id = ctx.request_id, error = %e, "session store unavailable at logout");
+                None
+            }
+        };
+        if let Some(s) = &found {
+            if let Err(e) = self.store.remove(s).await {
+                tracing::warn!(user = %s.username, error = %e, "session could not be removed from the store at logout");
+            }
+            self.revoke_refresh_token(s).await;
+        }
+        let provider = found
+            .as_ref()
+            .map(|s| s.provider.clone())
+            .or_else(|| self.config.sso.default_provider.clone())
+            .and_then(|id| self.providers.get(&id).cloned());
         audit::logout(
             ctx.origin(),
             found.as_ref().map(|s| s.username.as_str()),
@@ -829,13 +905,19 @@ impl Sso {
 
     /// Finds and checks the session of a request; revalidates at the provider when due.
     pub async fn session(&self, headers: &HeaderMap, ctx: &Ctx<'_>) -> Lookup {
-        let Some(sealed) = cookies::get(headers, &self.names.session) else {
+        let Some(value) = cookies::get(headers, &self.names.session) else {
             return Lookup::None;
         };
-        let Some(mut s) = cookies::open_value::<Session>(&self.ring, &self.names.session, sealed) else {
-            return Lookup::Ended;
-        };
         let now = session::now();
+        let mut s = match self.store.load(value, now).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Lookup::Ended,
+            Err(e) => {
+                tracing::warn!(request_id = ctx.request_id, error = %e, "session store unavailable");
+                crate::telemetry::metrics::count("bbsso_session_store_errors_total", &[("store", self.store.kind())]);
+                return Lookup::Unavailable;
+            }
+        };
         let (mut reissue, revalidate) = match session::verdict(&s, now, &self.config.session) {
             Verdict::Valid { touch, revalidate } => (touch, revalidate),
             Verdict::Unverified => {
@@ -865,12 +947,21 @@ impl Sso {
                 Outcome::Unavailable { reason } => {
                     tracing::warn!(user = %s.username, provider = %s.provider, reason = %reason, "revalidation postponed: provider unavailable");
                 }
+                Outcome::Removed => return Lookup::Ended,
             }
         }
+        let mut set_cookie = None;
         if reissue {
             s.last_active = now;
+            match self.store.update(&s, now).await {
+                Ok(Updated::Cookie(value)) => set_cookie = self.session_cookie(&value, &s),
+                Ok(Updated::Stored) => {}
+                Ok(Updated::Gone) => return Lookup::Ended,
+                // The request still has a valid session; the activity is recorded at a later request.
+                Err(e) => tracing::warn!(user = %s.username, error = %e, "session activity could not be stored"),
+            }
         }
-        Lookup::Valid(Box::new(Found { session: s, reissue }))
+        Lookup::Valid(Box::new(Found { session: s, set_cookie }))
     }
 
     async fn revalidate(&self, s: &Session, now: i64) -> Outcome {
@@ -879,21 +970,28 @@ impl Sso {
                 reason: "provider no longer configured".into(),
             };
         };
+        let redeem = |rt: String| async move {
+            let Some(endpoints) = provider.endpoints() else {
+                return Outcome::Unavailable {
+                    reason: "provider not loaded".into(),
+                };
+            };
+            match client::refresh(&provider.http, &provider.config, &endpoints.token, &rt).await {
+                Ok(tokens) => Outcome::Confirmed {
+                    at: session::now(),
+                    refresh_token: tokens.refresh_token.filter(|new| *new != rt),
+                },
+                Err(RefreshError::Refused(reason)) => Outcome::Refused { reason },
+                Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
+            }
+        };
+        // One redemption per session at a time: in this process (single flight) and, with Redis, across replicas.
         let outcome = self
             .revalidator
             .run(&s.id, s.revalidated_at, now, || async move {
-                let Some(endpoints) = provider.endpoints() else {
-                    return Outcome::Unavailable {
-                        reason: "provider not loaded".into(),
-                    };
-                };
-                match client::refresh(&provider.http, &provider.config, &endpoints.token, &rt).await {
-                    Ok(tokens) => Outcome::Confirmed {
-                        at: session::now(),
-                        refresh_token: tokens.refresh_token.filter(|new| *new != rt),
-                    },
-                    Err(RefreshError::Refused(reason)) => Outcome::Refused { reason },
-                    Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
+                match self.store.redis() {
+                    Some(shared) => shared.refresh_exclusive(s, redeem).await,
+                    None => redeem(rt).await,
                 }
             })
             .await;
@@ -901,6 +999,7 @@ impl Sso {
             Outcome::Confirmed { .. } => "confirmed",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Removed => "removed",
         };
         crate::telemetry::metrics::count("bbsso_revalidations_total", &[("outcome", label)]);
         outcome

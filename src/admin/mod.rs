@@ -1,6 +1,10 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`, on an address apart from the public one.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the session API, on an address apart from the
+//! public one.
+
+pub mod sessions;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +31,14 @@ impl Admin {
     }
 
     /// Answers one admin request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path().starts_with("/admin/sessions") {
+            return Ok(sessions::answer(&self.sso, self.config.admin.api_token.as_ref(), req, peer).await);
+        }
         let response = match (req.method().as_str(), req.uri().path()) {
             ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
             ("GET" | "HEAD", "/readyz") => self.readiness().await,
@@ -39,7 +50,7 @@ impl Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
-                "not found: try /healthz, /readyz or /metrics\n".to_owned(),
+                "not found: try /healthz, /readyz, /metrics or /admin/sessions\n".to_owned(),
             ),
         };
         Ok(response)
@@ -76,9 +87,18 @@ impl Admin {
             Ok(()) => "\"ok\"".to_owned(),
             Err(e) => crate::web::json_string(&format!("unreachable: {e}")),
         };
-        let ready = upstream.is_ok() && waiting.is_empty();
+        let store = if self.config.sso.enabled {
+            self.sso.store.check().await
+        } else {
+            Ok(())
+        };
+        let store_check = match &store {
+            Ok(()) => "\"ok\"".to_owned(),
+            Err(e) => crate::web::json_string(&e.to_string()),
+        };
+        let ready = upstream.is_ok() && waiting.is_empty() && store.is_ok();
         let body = format!(
-            "{{\"ready\":{ready},\"checks\":{{\"config\":\"ok\",\"upstream\":{upstream_check},\"providers\":{providers}}}}}\n"
+            "{{\"ready\":{ready},\"checks\":{{\"config\":\"ok\",\"upstream\":{upstream_check},\"providers\":{providers},\"session_store\":{store_check}}}}}\n"
         );
         let status = if ready {
             StatusCode::OK
