@@ -50,7 +50,13 @@ enum Command {
         #[arg(long, global = true, value_name = "HOST:PORT")]
         admin: Option<String>,
         /// Bearer token of the session API (default: admin.api_token of the configuration).
-        #[arg(long, global = true, env = "BBSSO_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        #[arg(
+            long,
+            global = true,
+            env = "BBSSO_ADMIN_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
         token: Option<String>,
     },
     /// Run the whole flow on this machine: a demo OpenID provider, a Bitbucket stand-in and the proxy.
@@ -73,7 +79,12 @@ enum SessionsAction {
     },
     /// End sessions on every replica at their next request: all of a user's, or one by id.
     Revoke {
-        #[arg(long, value_name = "NAME", required_unless_present = "session", conflicts_with = "session")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "session",
+            conflicts_with = "session"
+        )]
         user: Option<String>,
         #[arg(long, value_name = "ID")]
         session: Option<String>,
@@ -218,7 +229,10 @@ fn sessions(address: &str, token: &str, action: SessionsAction) -> anyhow::Resul
             if json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else if sessions.is_empty() {
-                println!("no live sessions{}", user.map(|u| format!(" for {u}")).unwrap_or_default());
+                println!(
+                    "no live sessions{}",
+                    user.map(|u| format!(" for {u}")).unwrap_or_default()
+                );
             } else {
                 print!("{}", table(&sessions));
             }

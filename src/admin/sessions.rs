@@ -148,7 +148,9 @@ fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| crate::oidc::id_token::constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()))
+        .is_some_and(|given| {
+            crate::oidc::id_token::constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
+        })
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -177,7 +179,10 @@ async fn revoke_target(req: hyper::Request<Incoming>, query: &[(String, String)]
             _ => {}
         }
     }
-    match (wanted.user.filter(|u| !u.is_empty()), wanted.session.filter(|s| !s.is_empty())) {
+    match (
+        wanted.user.filter(|u| !u.is_empty()),
+        wanted.session.filter(|s| !s.is_empty()),
+    ) {
         (Some(user), None) => Ok(Target::User(user)),
         (None, Some(id)) => Ok(Target::Session(id)),
         (Some(_), Some(_)) => Err("give either user or session, not both".into()),
@@ -263,7 +268,10 @@ impl ApiClient {
             Target::User(u) => serde_json::json!({ "user": u }),
             Target::Session(id) => serde_json::json!({ "session": id }),
         };
-        let req = self.http.post(format!("{}/admin/sessions/revoke", self.base)).json(&body);
+        let req = self
+            .http
+            .post(format!("{}/admin/sessions/revoke", self.base))
+            .json(&body);
         let revoked: Revoked = self.send(req).await?;
         Ok(revoked.sessions)
     }

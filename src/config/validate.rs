@@ -147,7 +147,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// A whole number within `range`; out of range is reported and the default used.
-    fn bounded(&mut self, v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
+    fn bounded(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
         match v {
             Some(n) if !range.contains(n.get_ref()) => {
                 self.at(
@@ -381,7 +387,11 @@ pub fn validate(raw: raw::RawConfig, ctx: &mut Ctx<'_>) -> Option<Config> {
                 if token.expose().len() >= 16 {
                     Some(token)
                 } else {
-                    ctx.at(at, "admin.api_token", "must be at least 16 characters; generate one with `bitbucket-sso-proxy gen-key`");
+                    ctx.at(
+                        at,
+                        "admin.api_token",
+                        "must be at least 16 characters; generate one with `bitbucket-sso-proxy gen-key`",
+                    );
                     None
                 }
             }),
@@ -467,13 +477,9 @@ fn server(raw: Option<Spanned<raw::RawServer>>, ctx: &mut Ctx<'_>) -> Option<Ser
         None => 65_536,
     };
     let shutdown_grace = ctx.duration(&s.shutdown_grace, "server.shutdown_grace", "30s");
-    let max_connections = usize::try_from(ctx.bounded(
-        &s.max_connections,
-        "server.max_connections",
-        1..=1_000_000,
-        10_000,
-    ))
-    .unwrap_or(10_000);
+    let max_connections =
+        usize::try_from(ctx.bounded(&s.max_connections, "server.max_connections", 1..=1_000_000, 10_000))
+            .unwrap_or(10_000);
     let rate_limit_per_minute = u32::try_from(ctx.bounded(
         &s.rate_limit_per_minute,
         "server.rate_limit_per_minute",
@@ -733,7 +739,10 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
                 ctx.at(
                     f.span(),
                     "session.redis_ca_file",
-                    format!("{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", path.display()),
+                    format!(
+                        "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                        path.display()
+                    ),
                 );
                 None
             }
@@ -747,7 +756,8 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
             }
         }
     });
-    let redis_pool_size = usize::try_from(ctx.bounded(&s.redis_pool_size, "session.redis_pool_size", 1..=64, 4)).unwrap_or(4);
+    let redis_pool_size =
+        usize::try_from(ctx.bounded(&s.redis_pool_size, "session.redis_pool_size", 1..=64, 4)).unwrap_or(4);
     let redis_timeout = ctx.duration(&s.redis_timeout, "session.redis_timeout", "2s");
     if redis_timeout.is_zero() {
         ctx.at(
@@ -776,7 +786,12 @@ fn session(raw: Option<Spanned<raw::RawSession>>, sso_enabled: bool, ctx: &mut C
         && session.redis_url.is_some()
         && let Err(problem) = crate::session::redis::client(&session)
     {
-        let at = s.redis_url.as_ref().or(s.redis_url_file.as_ref()).map(|v| v.span()).unwrap_or(0..0);
+        let at = s
+            .redis_url
+            .as_ref()
+            .or(s.redis_url_file.as_ref())
+            .map(|v| v.span())
+            .unwrap_or(0..0);
         ctx.at(at, "session.redis_url", problem);
     }
     session

@@ -23,11 +23,13 @@ use crate::config;
 /// The Redis client `cfg` describes (URL, password, trusted roots). Connects to nothing: configuration checks
 /// use it too.
 pub fn client(cfg: &config::Session) -> Result<Client, String> {
-    let url = cfg.redis_url.as_ref().ok_or("is required when session.store = \"redis\"")?;
-    let mut info = url
-        .expose()
-        .into_connection_info()
-        .map_err(|e| format!("is not a usable Redis URL ({e}); expected redis://[:password@]host[:port][/db] or rediss://..."))?;
+    let url = cfg
+        .redis_url
+        .as_ref()
+        .ok_or("is required when session.store = \"redis\"")?;
+    let mut info = url.expose().into_connection_info().map_err(|e| {
+        format!("is not a usable Redis URL ({e}); expected redis://[:password@]host[:port][/db] or rediss://...")
+    })?;
     if let Some(password) = &cfg.redis_password {
         let settings = info.redis_settings().clone().set_password(password.expose());
         info = info.set_redis_settings(settings);
@@ -193,7 +195,10 @@ impl RedisStore {
     async fn load_id(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let mut conn = self.conn();
         let sealed: Option<String> = self
-            .run("read session", redis::cmd("GET").arg(self.session_key(id)).query_async(&mut conn))
+            .run(
+                "read session",
+                redis::cmd("GET").arg(self.session_key(id)).query_async(&mut conn),
+            )
             .await?;
         Ok(sealed.and_then(|v| self.open(id, &v)))
     }
@@ -259,7 +264,10 @@ impl RedisStore {
             Some(u) => {
                 let mut conn = self.conn();
                 let ids: Vec<String> = self
-                    .run("list sessions", redis::cmd("SMEMBERS").arg(self.user_key(u)).query_async(&mut conn))
+                    .run(
+                        "list sessions",
+                        redis::cmd("SMEMBERS").arg(self.user_key(u)).query_async(&mut conn),
+                    )
                     .await?;
                 ids
             }
@@ -285,7 +293,13 @@ impl RedisStore {
             // Ended by their TTL: tidy the index (best effort).
             let mut conn = self.conn();
             let _ = self
-                .run::<()>("tidy index", redis::cmd("SREM").arg(self.user_key(u)).arg(&stale).query_async(&mut conn))
+                .run::<()>(
+                    "tidy index",
+                    redis::cmd("SREM")
+                        .arg(self.user_key(u))
+                        .arg(&stale)
+                        .query_async(&mut conn),
+                )
                 .await;
         }
         sessions.sort_by(|a, b| a.username.cmp(&b.username).then(b.issued_at.cmp(&a.issued_at)));

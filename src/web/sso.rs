@@ -93,7 +93,10 @@ impl Sso {
                 .map(|s| Asserter::new(&config.server.public_url, s.expose(), config.identity.assertion_ttl)),
             provisioner: Provisioner::new(config.clone()),
             revalidator: Revalidator::default(),
-            store: Store::new(&config.session, &CookieNames::new(&config.session.cookie_name, secure).session),
+            store: Store::new(
+                &config.session,
+                &CookieNames::new(&config.session.cookie_name, secure).session,
+            ),
             redirect_uri: format!("{base}/sso/callback"),
             logged_out_uri: format!("{base}/sso/logged-out"),
             config,

@@ -217,6 +217,16 @@ pub struct Walk {
 
 /// Sends a request and follows redirects (as a browser: 303 and 302 become GET), returning the last answer.
 pub async fn walk(client: &reqwest::Client, first: reqwest::RequestBuilder) -> Walk {
+    walk_until(client, first, |_| false).await
+}
+
+/// As [`walk`], but stops before following a redirect to a URL `stop` picks: the returned `url` is that target,
+/// not yet visited (to send it elsewhere, as a load balancer might).
+pub async fn walk_until(
+    client: &reqwest::Client,
+    first: reqwest::RequestBuilder,
+    stop: impl Fn(&reqwest::Url) -> bool,
+) -> Walk {
     let mut response = first
         .header("accept", "text/html,application/xhtml+xml")
         .send()
@@ -234,6 +244,15 @@ pub async fn walk(client: &reqwest::Client, first: reqwest::RequestBuilder) -> W
             .expect("location")
             .to_owned();
         let next = response.url().join(&location).expect("absolute location");
+        if stop(&next) {
+            return Walk {
+                status: response.status().as_u16(),
+                url: next.to_string(),
+                body: String::new(),
+                headers: response.headers().clone(),
+                visited,
+            };
+        }
         response = client
             .get(next.clone())
             .header("accept", "text/html,application/xhtml+xml")
@@ -257,6 +276,17 @@ pub async fn walk(client: &reqwest::Client, first: reqwest::RequestBuilder) -> W
 
 /// Fills the provider's login form on `page` (its hidden fields included, as a browser sends them) and walks on.
 pub async fn sign_in(client: &reqwest::Client, page: &Walk, user: &str, password: &str) -> Walk {
+    sign_in_until(client, page, user, password, |_| false).await
+}
+
+/// As [`sign_in`], stopping before a redirect `stop` picks (see [`walk_until`]).
+pub async fn sign_in_until(
+    client: &reqwest::Client,
+    page: &Walk,
+    user: &str,
+    password: &str,
+    stop: impl Fn(&reqwest::Url) -> bool,
+) -> Walk {
     let action = page
         .body
         .split("action=\"")
@@ -282,7 +312,7 @@ pub async fn sign_in(client: &reqwest::Client, page: &Walk, user: &str, password
         .collect();
     fields.push(("username".into(), user.into()));
     fields.push(("password".into(), password.into()));
-    walk(client, client.post(url).form(&fields)).await
+    walk_until(client, client.post(url).form(&fields), stop).await
 }
 
 /// Waits until the proxy reports ready (providers loaded).

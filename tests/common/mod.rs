@@ -3,6 +3,7 @@
 
 pub mod idp;
 pub mod minting;
+pub mod redis_server;
 
 use std::convert::Infallible;
 use std::future::Future;

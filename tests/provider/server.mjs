@@ -6,7 +6,7 @@
 // offline_access; /logout accepts Cognito's client_id + logout_uri.
 //
 // Configuration by environment: PORT (0 = any), CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS and LOGOUT_URIS
-// (comma-separated), ROTATE_REFRESH ("1" rotates refresh tokens), AUTH_METHOD (client_secret_basic|client_secret_post).
+// (comma-separated), ROTATE_REFRESH ("1" rotates refresh tokens), REFRESH_DELAY_MS (slow refresh grants), AUTH_METHOD (client_secret_basic|client_secret_post).
 // Prints one JSON line {"issuer": "..."} on stdout when ready.
 //
 // Test controls (not part of any real provider): POST /test/users/{name}/disable and /enable,
@@ -71,7 +71,12 @@ const configuration = {
   async findAccount(ctx, sub) {
     const user = bySub[sub];
     if (!user || disabled.has(user.username)) return undefined;
-    if (ctx.oidc?.params?.grant_type === 'refresh_token') refreshes += 1;
+    if (ctx.oidc?.params?.grant_type === 'refresh_token') {
+      refreshes += 1;
+      // A slow provider, so that concurrent refreshes overlap (REFRESH_DELAY_MS, tests only).
+      const delay = Number(process.env.REFRESH_DELAY_MS || 0);
+      if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    }
     return {
       accountId: sub,
       async claims(use) {
