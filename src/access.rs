@@ -17,6 +17,9 @@ pub enum Access {
     Login,
     /// Handle as `/sso/logout` (Bitbucket's own logout URL).
     Logout,
+    /// Answer 503: the request carries a session the session store cannot read right now. Neither sign-in (a
+    /// loop) nor anonymous access (the user would look signed out).
+    SessionUnavailable,
 }
 
 /// The facts the decision needs, taken from the request and the session lookup.
@@ -26,6 +29,8 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub method: &'a Method,
     pub has_session: bool,
+    /// The request carries a session cookie but the session store (Redis) could not be asked.
+    pub session_unavailable: bool,
     /// A valid emergency (backdoor) pass: Bitbucket's own login and session apply.
     pub backdoor: bool,
     pub has_authorization: bool,
@@ -39,7 +44,8 @@ pub struct Switches {
     pub auto_redirect: bool,
 }
 
-/// Decides, in the contract's order: session → `Authorization` → public/API paths → non-navigation 401 → login.
+/// Decides, in the contract's order: session → `Authorization` → public/API paths → non-navigation 401 → login;
+/// a session that cannot be read (store down) stops everything that is not public or has its own credentials.
 pub fn decide(f: &Facts<'_>, s: Switches) -> Access {
     if !s.sso_enabled {
         return Access::ForwardAnonymous;
@@ -53,10 +59,13 @@ pub fn decide(f: &Facts<'_>, s: Switches) -> Access {
     if f.backdoor {
         return Access::ForwardAnonymous;
     }
-    if f.has_authorization {
+    if f.has_authorization || f.route == RouteClass::Public {
         return Access::ForwardAnonymous;
     }
-    if matches!(f.route, RouteClass::Public | RouteClass::Api) {
+    if f.session_unavailable {
+        return Access::SessionUnavailable;
+    }
+    if f.route == RouteClass::Api {
         return Access::ForwardAnonymous;
     }
     let bitbucket_login = f.path == "/login" || f.path == "/j_atl_security_check";
@@ -113,6 +122,7 @@ mod tests {
             path,
             method,
             has_session: false,
+            session_unavailable: false,
             backdoor: false,
             has_authorization: false,
             navigation: true,
@@ -163,6 +173,37 @@ mod tests {
             Access::Unauthorized
         );
         assert_eq!(decide(&page, ON), Access::Login);
+        let unreadable = |f: Facts<'_>| {
+            decide(
+                &Facts {
+                    session_unavailable: true,
+                    ..f
+                },
+                ON,
+            )
+        };
+        assert_eq!(
+            unreadable(page),
+            Access::SessionUnavailable,
+            "no login loop while the store is down"
+        );
+        assert_eq!(
+            unreadable(facts(RouteClass::Api, "/rest/api/latest/profile", &get)),
+            Access::SessionUnavailable,
+            "no anonymous REST call for a signed-in browser"
+        );
+        assert_eq!(
+            unreadable(Facts {
+                has_authorization: true,
+                ..page
+            }),
+            Access::ForwardAnonymous,
+            "own credentials need no session"
+        );
+        assert_eq!(
+            unreadable(facts(RouteClass::Public, "/s/app.js", &get)),
+            Access::ForwardAnonymous
+        );
         assert_eq!(
             decide(
                 &page,

@@ -165,6 +165,7 @@ impl Gateway {
                 path: &normalized,
                 method: req.method(),
                 has_session: found.is_some(),
+                session_unavailable: store_down,
                 backdoor,
                 has_authorization: req.headers().contains_key(http::header::AUTHORIZATION),
                 navigation: access::is_navigation(req.method(), req.headers()),
@@ -174,8 +175,7 @@ impl Gateway {
                 auto_redirect: self.config.sso.auto_redirect,
             };
             match (access::decide(&facts, switches), found) {
-                // The request has a session that cannot be read now: neither sign-in (a loop) nor anonymous access.
-                (Access::Login | Access::Unauthorized, _) if store_down => {
+                (Access::SessionUnavailable, _) => {
                     let reload = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
                     own(self.sso.store_down_page(&ctx, None, reload))
                 }

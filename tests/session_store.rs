@@ -59,6 +59,7 @@ fn session(id: &str, user: &str, now: i64) -> Session {
         last_active: now,
         revalidated_at: now,
         refresh_token: Some(format!("refresh-token-of-{user}-{id}-SECRET")),
+        revalidation_failed_at: None,
         remember_me: false,
     }
 }

@@ -48,6 +48,9 @@ pub struct Session {
     pub revalidated_at: i64,
     #[serde(rename = "rt", default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// When revalidation first failed because the provider could not be asked; cleared by a success.
+    #[serde(rename = "rf", default, skip_serializing_if = "Option::is_none")]
+    pub revalidation_failed_at: Option<i64>,
     /// Started with "remember me": persistent cookie and `remember_me_lifetime`.
     #[serde(rename = "rm", default)]
     pub remember_me: bool,
@@ -65,7 +68,7 @@ pub enum Verdict {
     Expired,
     /// Unused for longer than the idle timeout.
     Idle,
-    /// Revalidation has failed for longer than the grace period.
+    /// The provider could not be asked for longer than the grace period (one more `revalidate_every`).
     Unverified,
 }
 
@@ -81,8 +84,9 @@ pub fn verdict(s: &Session, now: i64, cfg: &config::Session) -> Verdict {
     let revalidate = match (cfg.revalidate_every, &s.refresh_token) {
         (Some(every), Some(_)) => {
             let every = secs(every);
-            // Transient provider errors are survived for one more interval, then the session ends.
-            if now - s.revalidated_at >= 2 * every {
+            // Transient provider errors are survived for one more interval, then the session ends. A session
+            // that was merely not used meanwhile is revalidated at its next request like any other.
+            if s.revalidation_failed_at.is_some_and(|failed| now - failed >= every) {
                 return Verdict::Unverified;
             }
             now - s.revalidated_at >= every
@@ -173,6 +177,7 @@ mod tests {
             last_active: now,
             revalidated_at: now,
             refresh_token: Some("rt".into()),
+            revalidation_failed_at: None,
             remember_me: false,
         }
     }
@@ -235,6 +240,23 @@ mod tests {
                 touch: true,
                 revalidate: true
             }
+        );
+        assert_eq!(
+            verdict(&s, 9000, &c),
+            Verdict::Valid {
+                touch: true,
+                revalidate: true
+            },
+            "unused for long is not a failure: revalidate now"
+        );
+        s.revalidation_failed_at = Some(1900);
+        assert_eq!(
+            verdict(&s, 2799, &c),
+            Verdict::Valid {
+                touch: true,
+                revalidate: true
+            },
+            "within the grace period after a failed attempt"
         );
         assert_eq!(verdict(&s, 2800, &c), Verdict::Unverified);
         s.refresh_token = None;

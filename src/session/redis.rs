@@ -466,6 +466,7 @@ impl RedisStore {
             Outcome::Confirmed { at, refresh_token } => {
                 let mut next = current.clone();
                 next.revalidated_at = *at;
+                next.revalidation_failed_at = None;
                 if let Some(rt) = refresh_token {
                     next.refresh_token = Some(rt.clone());
                 }

@@ -726,6 +726,7 @@ impl Sso {
             last_active: now,
             revalidated_at: now,
             refresh_token: self.config.session.revalidate_every.and(tokens.refresh_token.clone()),
+            revalidation_failed_at: None,
             remember_me: pending.remember_me,
         };
         let stored = match self.store.create(&new_session, now).await {
@@ -933,6 +934,7 @@ impl Sso {
             match self.revalidate(&s, now).await {
                 Outcome::Confirmed { at, refresh_token } => {
                     s.revalidated_at = at;
+                    s.revalidation_failed_at = None;
                     if let Some(rt) = refresh_token {
                         s.refresh_token = Some(rt);
                     }
@@ -949,6 +951,10 @@ impl Sso {
                 }
                 Outcome::Unavailable { reason } => {
                     tracing::warn!(user = %s.username, provider = %s.provider, reason = %reason, "revalidation postponed: provider unavailable");
+                    if s.revalidation_failed_at.is_none() {
+                        s.revalidation_failed_at = Some(now);
+                        reissue = true;
+                    }
                 }
                 Outcome::Removed => return Lookup::Ended,
             }
