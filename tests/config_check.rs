@@ -170,6 +170,50 @@ const CASES: &[Case] = &[
         says: "is required when session.store = \"redis\"",
     },
     Case {
+        name: "redis URL that is not one",
+        replace: (
+            "store = \"cookie\"",
+            "store = \"redis\"\nredis_url = \"redis://cache.internal:port\"",
+        ),
+        line: 17,
+        key: "session.redis_url",
+        says: "is not a usable Redis URL",
+    },
+    Case {
+        name: "redis URL of another scheme",
+        replace: (
+            "store = \"cookie\"",
+            "store = \"redis\"\nredis_url = \"http://cache.internal:6379\"",
+        ),
+        line: 17,
+        key: "session.redis_url",
+        says: "expected a URL starting with redis:// or rediss://",
+    },
+    Case {
+        name: "redis pool out of range",
+        replace: ("store = \"cookie\"", "store = \"cookie\"\nredis_pool_size = 0"),
+        line: 17,
+        key: "session.redis_pool_size",
+        says: "expected a number from 1 to 64, got 0",
+    },
+    Case {
+        name: "redis CA file missing",
+        replace: (
+            "store = \"cookie\"",
+            "store = \"cookie\"\nredis_ca_file = \"/nonexistent/ca.pem\"",
+        ),
+        line: 17,
+        key: "session.redis_ca_file",
+        says: "cannot read /nonexistent/ca.pem",
+    },
+    Case {
+        name: "admin API token too short",
+        replace: ("[sso]\n", "[admin]\napi_token = \"short\"\n\n[sso]\n"),
+        line: 27,
+        key: "admin.api_token",
+        says: "must be at least 16 characters",
+    },
+    Case {
         name: "unknown store",
         replace: ("store = \"cookie\"", "store = \"memcached\""),
         line: 16,
