@@ -200,5 +200,15 @@ pub async fn check(config: &Config) -> Vec<Probe> {
             )),
         }
     }
+    if config.session.store == crate::config::SessionStore::Redis {
+        let store = crate::session::store::Store::new(&config.session, &config.session.cookie_name);
+        match store.check().await {
+            Ok(()) => out.push(Probe::ok("Redis session store answers (PING)")),
+            Err(e) => out.push(Probe::fail(
+                format!("Redis session store: {e}"),
+                "check session.redis_url (host, port, rediss:// for TLS), the password and session.redis_ca_file, and that Redis runs",
+            )),
+        }
+    }
     out
 }

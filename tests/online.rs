@@ -98,6 +98,24 @@ async fn all_green_and_each_failure_with_its_remedy() {
             "fix: give the service account the global Admin permission",
         ),
     ];
+    // With the Redis store: a running Redis passes, a closed port fails with the fix.
+    let redis = common::redis_server::Redis::shared();
+    let session_line = format!("keys = [\"{SESSION_KEY}\"]");
+    let with_redis = good.replacen(
+        &session_line,
+        &format!("{session_line}\n{}", redis.session_settings()),
+        1,
+    );
+    let (code, out) = run(&with_redis);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("✓ Redis session store answers (PING)"), "{out}");
+    let closed = format!("redis://127.0.0.1:{}", free_port());
+    let mut cases = cases.to_vec();
+    cases.push((
+        with_redis.replace(&redis.url, &closed),
+        "✗ Redis session store: session store unavailable",
+        "fix: check session.redis_url",
+    ));
     for (text, failure, remedy) in cases {
         let (code, out) = run(&text);
         assert_eq!(code, 1, "{failure}: {out}");
