@@ -95,3 +95,72 @@ async fn sign_in_pages_in_a_real_browser() {
         );
     }
 }
+
+/// A Redis outage in a real browser: the 503 page, then the page's own reload back into Bitbucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_page_reloads_itself_in_a_real_browser() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut redis = common::redis_server::Redis::private(&[]);
+    let port = free_port();
+    let idp = RealProvider::start(port, &[]);
+    let standin = Standin::new(standin_settings(
+        "svc",
+        "svc-password",
+        format!("http://127.0.0.1:{port}/sso"),
+        &["127.0.0.0/8"],
+        100,
+    ));
+    standin.add_group("stash-users");
+    let upstream = serve_standin(&standin).await;
+    let text = sso_config(
+        port,
+        upstream,
+        &idp.issuer,
+        "cognito",
+        "",
+        "[bitbucket]\nadmin_user = \"svc\"\nadmin_password = \"svc-password\"\n",
+    )
+    .replace(
+        "revalidate_every = \"2s\"",
+        &format!("revalidate_every = \"0s\"\n{}", redis.session_settings()),
+    );
+    let proxy = ProxyProcess::start(&text);
+    wait_ready(proxy.admin).await;
+
+    let shots = repo_path("target/screenshots");
+    let mut node = Command::new("node")
+        .arg("outage.mjs")
+        .current_dir(repo_path("tests/browser"))
+        .env("BASE", format!("http://127.0.0.1:{port}"))
+        .env("SCREENSHOTS", &shots)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_node = node.stdin.take().unwrap();
+    let mut from_node = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut next = move || from_node.next().and_then(Result::ok).unwrap_or_default();
+    let said = tokio::task::block_in_place(&mut next);
+    assert_eq!(said, "signed-in");
+    redis.stop();
+    writeln!(to_node, "redis-stopped").unwrap();
+    let said = tokio::task::block_in_place(&mut next);
+    assert_eq!(said, "saw-503");
+    redis.start();
+    writeln!(to_node, "redis-started").unwrap();
+    let said = tokio::task::block_in_place(&mut next);
+    assert_eq!(
+        said,
+        "recovered",
+        "{}",
+        proxy.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    drop(to_node);
+    assert!(node.wait().unwrap().success());
+    for name in ["session-store-unavailable", "session-store-recovered"] {
+        assert!(
+            repo_path(&format!("target/screenshots/{name}.png")).exists(),
+            "screenshot {name}"
+        );
+    }
+}

@@ -8,11 +8,12 @@
 //! every command has a deadline, so a Redis outage shows as an error quickly instead of hanging requests.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, RedisResult, Script, TlsCertificates};
+use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisResult, TlsCertificates};
 
 use super::keyring::Keyring;
 use super::revalidate::Outcome;
@@ -73,10 +74,35 @@ impl Default for LockTiming {
     }
 }
 
+/// The connections; `generation` counts replacements of the whole pool.
+struct Pool {
+    managers: Vec<ConnectionManager>,
+    generation: u64,
+}
+
+/// What [`RedisStore::run`] sends: a command or a pipeline.
+trait Exec {
+    async fn exec<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T>;
+}
+
+impl Exec for Cmd {
+    async fn exec<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl Exec for Pipeline {
+    async fn exec<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
 /// Sessions in Redis.
 pub struct RedisStore {
-    pool: Vec<ConnectionManager>,
+    pool: Mutex<Pool>,
     next: AtomicUsize,
+    client: Client,
+    manager_config: ConnectionManagerConfig,
     prefix: String,
     timeout: Duration,
     ring: Keyring,
@@ -97,13 +123,18 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let pool = (0..cfg.redis_pool_size.max(1))
+        let managers = (0..cfg.redis_pool_size.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()))
             .collect::<RedisResult<Vec<_>>>()
             .map_err(|e| StoreError::Unavailable(format!("session.redis_url: {e}")))?;
         Ok(RedisStore {
-            pool,
+            pool: Mutex::new(Pool {
+                managers,
+                generation: 0,
+            }),
             next: AtomicUsize::new(0),
+            client,
+            manager_config,
             prefix: cfg.redis_key_prefix.clone(),
             timeout: cfg.redis_timeout,
             ring,
@@ -120,21 +151,47 @@ impl RedisStore {
         self
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        self.pool[i].clone()
+    /// The next connection of the pool (round robin), with the pool's generation.
+    fn conn(&self) -> (u64, ConnectionManager) {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.managers.len();
+        (pool.generation, pool.managers[i].clone())
     }
 
-    /// Runs one exchange with Redis under the command deadline.
-    async fn run<T>(&self, what: &str, f: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: no answer from Redis within {:?}",
-                self.timeout
-            ))),
+    /// Replaces every connection of the pool, unless another request did since `generation`.
+    fn renew_pool(&self, generation: u64) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.generation != generation {
+            return;
         }
+        let fresh: RedisResult<Vec<ConnectionManager>> = (0..pool.managers.len())
+            .map(|_| ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config.clone()))
+            .collect();
+        if let Ok(managers) = fresh {
+            pool.managers = managers;
+            pool.generation += 1;
+        }
+    }
+
+    /// Runs one command or pipeline under the command deadline. When the connection fails (anything but an
+    /// error answer from Redis itself), the pool is replaced and the command tried once more on a new
+    /// connection: after a Redis restart the old sockets are dead, and a connection manager does not notice
+    /// every one of them by itself.
+    async fn run<T: FromRedisValue>(&self, what: &str, request: &(impl Exec + ?Sized)) -> Result<T, StoreError> {
+        let mut failure = String::new();
+        for _attempt in 0..2 {
+            let (generation, mut conn) = self.conn();
+            failure = match tokio::time::timeout(self.timeout, request.exec(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                    return Err(StoreError::Unavailable(format!("{what}: {e}")));
+                }
+                Ok(Err(e)) => format!("{what}: {e}"),
+                Err(_) => format!("{what}: no answer from Redis within {:?}", self.timeout),
+            };
+            self.renew_pool(generation);
+        }
+        Err(StoreError::Unavailable(failure))
     }
 
     fn session_key(&self, id: &str) -> String {
@@ -193,12 +250,8 @@ impl RedisStore {
     }
 
     async fn load_id(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let mut conn = self.conn();
         let sealed: Option<String> = self
-            .run(
-                "read session",
-                redis::cmd("GET").arg(self.session_key(id)).query_async(&mut conn),
-            )
+            .run("read session", redis::cmd("GET").arg(self.session_key(id)))
             .await?;
         Ok(sealed.and_then(|v| self.open(id, &v)))
     }
@@ -222,15 +275,13 @@ impl RedisStore {
             .arg(&user_key)
             .arg(self.index_secs.max(1))
             .ignore();
-        let mut conn = self.conn();
-        self.run("store session", pipe.query_async::<()>(&mut conn)).await?;
+        self.run::<()>("store session", &pipe).await?;
         self.handle(&s.id)
     }
 
     /// Saves a changed session only if it still exists: a revoked session is never brought back.
     pub(super) async fn update(&self, s: &Session, now: i64) -> Result<Updated, StoreError> {
         let value = self.seal(s)?;
-        let mut conn = self.conn();
         let set: Option<String> = self
             .run(
                 "update session",
@@ -239,8 +290,7 @@ impl RedisStore {
                     .arg(value)
                     .arg("EX")
                     .arg(self.ttl(s, now))
-                    .arg("XX")
-                    .query_async(&mut conn),
+                    .arg("XX"),
             )
             .await?;
         Ok(if set.is_some() { Updated::Stored } else { Updated::Gone })
@@ -255,19 +305,14 @@ impl RedisStore {
             .arg(self.user_key(&s.username))
             .arg(&s.id)
             .ignore();
-        let mut conn = self.conn();
-        self.run("remove session", pipe.query_async::<()>(&mut conn)).await
+        self.run::<()>("remove session", &pipe).await
     }
 
     pub(super) async fn list(&self, user: Option<&str>) -> Result<Vec<Session>, StoreError> {
         let ids = match user {
             Some(u) => {
-                let mut conn = self.conn();
                 let ids: Vec<String> = self
-                    .run(
-                        "list sessions",
-                        redis::cmd("SMEMBERS").arg(self.user_key(u)).query_async(&mut conn),
-                    )
+                    .run("list sessions", redis::cmd("SMEMBERS").arg(self.user_key(u)))
                     .await?;
                 ids
             }
@@ -278,10 +323,7 @@ impl RedisStore {
         let mut stale = Vec::new();
         for chunk in ids.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|id| self.session_key(id)).collect();
-            let mut conn = self.conn();
-            let values: Vec<Option<String>> = self
-                .run("read sessions", redis::cmd("MGET").arg(&keys).query_async(&mut conn))
-                .await?;
+            let values: Vec<Option<String>> = self.run("read sessions", redis::cmd("MGET").arg(&keys)).await?;
             for (id, value) in chunk.iter().zip(values) {
                 match value.and_then(|v| self.open(id, &v)) {
                     Some(s) => sessions.push(s),
@@ -291,15 +333,8 @@ impl RedisStore {
         }
         if let (Some(u), false) = (user, stale.is_empty()) {
             // Ended by their TTL: tidy the index (best effort).
-            let mut conn = self.conn();
             let _ = self
-                .run::<()>(
-                    "tidy index",
-                    redis::cmd("SREM")
-                        .arg(self.user_key(u))
-                        .arg(&stale)
-                        .query_async(&mut conn),
-                )
+                .run::<()>("tidy index", redis::cmd("SREM").arg(self.user_key(u)).arg(&stale))
                 .await;
         }
         sessions.sort_by(|a, b| a.username.cmp(&b.username).then(b.issued_at.cmp(&a.issued_at)));
@@ -313,7 +348,6 @@ impl RedisStore {
         let mut ids = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let mut conn = self.conn();
             let (next, keys): (u64, Vec<String>) = self
                 .run(
                     "scan sessions",
@@ -322,8 +356,7 @@ impl RedisStore {
                         .arg("MATCH")
                         .arg(&pattern)
                         .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
+                        .arg(1000),
                 )
                 .await?;
             ids.extend(keys.iter().filter_map(|k| k.strip_prefix(&strip)).map(str::to_owned));
@@ -354,14 +387,12 @@ impl RedisStore {
         if let Target::User(u) = target {
             pipe.cmd("DEL").arg(self.user_key(u)).ignore();
         }
-        let mut conn = self.conn();
-        self.run("revoke sessions", pipe.query_async::<()>(&mut conn)).await?;
+        self.run::<()>("revoke sessions", &pipe).await?;
         Ok(sessions)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let pong: String = self.run("ping", redis::cmd("PING").query_async(&mut conn)).await?;
+        let pong: String = self.run("ping", &redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -395,7 +426,6 @@ impl RedisStore {
                     refresh_token: current.refresh_token,
                 };
             }
-            let mut conn = self.conn();
             let acquired: Option<String> = match self
                 .run(
                     "take refresh lock",
@@ -404,8 +434,7 @@ impl RedisStore {
                         .arg(&token)
                         .arg("NX")
                         .arg("PX")
-                        .arg(millis(self.lock.lease))
-                        .query_async(&mut conn),
+                        .arg(millis(self.lock.lease)),
                 )
                 .await
             {
@@ -432,20 +461,19 @@ impl RedisStore {
         Fut: Future<Output = Outcome>,
     {
         let renewer = {
-            let mut conn = self.conn();
-            let key = lock_key.to_owned();
-            let token = token.to_owned();
+            let (_, mut conn) = self.conn();
+            let mut renew = redis::cmd("EVAL");
+            renew
+                .arg(RENEW_IF_OWNER)
+                .arg(1)
+                .arg(lock_key)
+                .arg(token)
+                .arg(millis(self.lock.lease));
             let lease = self.lock.lease;
             tokio::spawn(async move {
-                let renew = Script::new(RENEW_IF_OWNER);
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    let renewed: RedisResult<i64> = renew
-                        .key(&key)
-                        .arg(&token)
-                        .arg(millis(lease))
-                        .invoke_async(&mut conn)
-                        .await;
+                    let renewed: RedisResult<i64> = renew.query_async(&mut conn).await;
                     if !matches!(renewed, Ok(1)) {
                         tracing::warn!("refresh lock lease could not be renewed");
                         return;
@@ -484,12 +512,10 @@ impl RedisStore {
     }
 
     async fn release(&self, lock_key: &str, token: &str) {
-        let mut conn = self.conn();
-        let release = Script::new(DELETE_IF_OWNER);
         let _ = self
             .run::<i64>(
                 "release refresh lock",
-                release.key(lock_key).arg(token).invoke_async(&mut conn),
+                redis::cmd("EVAL").arg(DELETE_IF_OWNER).arg(1).arg(lock_key).arg(token),
             )
             .await;
     }

@@ -4,7 +4,7 @@
 //! a key prefix of its own; without it, a private server. [`Redis::private`] always starts its own, which a test
 //! may stop and start again (its data survives: append-only file in a temporary folder).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -41,7 +41,7 @@ impl Redis {
 
     /// A server of this test's own, with extra `redis-server` arguments (`--requirepass`, TLS settings).
     pub fn private(args: &[&str]) -> Self {
-        let port = free_port();
+        let port = port_outside_ephemeral_range();
         let mut redis = Redis {
             url: format!("redis://127.0.0.1:{port}"),
             prefix: unique_prefix(),
@@ -78,12 +78,15 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("redis-server exited ({status}) on port {}", self.port);
+            }
+            if pong(self.port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        panic!("redis-server did not answer on port {}", self.port);
     }
 
     /// Stops the server (SIGTERM: it writes its data and exits) and waits until the port is closed.
@@ -126,6 +129,31 @@ impl Drop for Redis {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether a Redis answers PING on the port (TLS-only servers still answer on their plain port).
+fn pong(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
+}
+
+/// A free port below Linux's ephemeral range (32768-60999). While a test's Redis is stopped, the proxy keeps
+/// trying to connect to its port; with a port inside the range one of those attempts can connect to itself
+/// (TCP simultaneous open), hold the port, and keep Redis from starting again.
+fn port_outside_ephemeral_range() -> u16 {
+    for _ in 0..200 {
+        let port = 20_000 + (rand_u64() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
 }
 
 fn unique_prefix() -> String {
