@@ -237,13 +237,13 @@ async fn one_refresh_across_replicas_with_a_lease_renewed_during_a_slow_exchange
         poll: Duration::from_millis(20),
     };
     let replica = || match Store::new(&settings(&[key(1)], Some(&redis)), COOKIE) {
-        Store::Redis(r) => r.with_lock_timing(timing),
+        Store::Redis(r) => (*r).with_lock_timing(timing),
         _ => unreachable!(),
     };
     let (a, b) = (Arc::new(replica()), Arc::new(replica()));
     let now = bbsso::session::now();
     let s = session("sid-dave-0000001", "dave", now - 1000);
-    let value = Store::Redis(replica()).create(&s, now).await.unwrap();
+    let value = Store::Redis(Box::new(replica())).create(&s, now).await.unwrap();
 
     let redemptions = Arc::new(AtomicUsize::new(0));
     let seen_tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -275,7 +275,11 @@ async fn one_refresh_across_replicas_with_a_lease_renewed_during_a_slow_exchange
     }
     assert_eq!(redemptions.load(Ordering::SeqCst), 1, "one redemption");
     assert_eq!(*seen_tokens.lock().unwrap(), [s.refresh_token.clone().unwrap()]);
-    let stored = Store::Redis(replica()).load(&value, now).await.unwrap().unwrap();
+    let stored = Store::Redis(Box::new(replica()))
+        .load(&value, now)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         stored.refresh_token.as_deref(),
         Some("rotated-once"),
@@ -309,7 +313,7 @@ async fn a_lock_left_by_a_dead_replica_expires() {
     let Store::Redis(store) = Store::new(&settings(&[key(1)], Some(&redis)), COOKIE) else {
         unreachable!()
     };
-    let store = store.with_lock_timing(timing);
+    let store = (*store).with_lock_timing(timing);
     let now = bbsso::session::now();
     let s = session("sid-erin-0000001", "erin", now - 1000);
     Store::new(&settings(&[key(1)], Some(&redis)), COOKIE)

@@ -45,7 +45,7 @@ pub enum Target {
 /// The session store of one configuration.
 pub enum Store {
     Cookie(CookieStore),
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
     /// A Redis store that could not be set up (configuration checks prevent this): every use reports why.
     Failed(String),
 }
@@ -60,7 +60,7 @@ impl Store {
                 cookie_name: cookie_name.to_owned(),
             }),
             config::SessionStore::Redis => match RedisStore::new(cfg, ring, cookie_name) {
-                Ok(r) => Store::Redis(r),
+                Ok(r) => Store::Redis(Box::new(r)),
                 Err(e) => {
                     tracing::error!(error = %e, "the Redis session store could not be set up");
                     Store::Failed(e.to_string())
