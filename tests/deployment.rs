@@ -50,7 +50,8 @@ fn files_referenced_by_the_dockerfile_compose_and_kubernetes_exist() {
     for k8s in ["deploy/kubernetes/sidecar.yaml", "deploy/kubernetes/proxy-only.yaml"] {
         let text = std::fs::read_to_string(repo_path(k8s)).unwrap();
         assert!(
-            text.contains("path: /healthz") && text.contains("path: /readyz"),
+            text.contains("path: /healthz")
+                && (text.contains("path: /readyz") || text.contains("path: \"/readyz?without=session_store\"")),
             "{k8s} probes the admin listener"
         );
     }

@@ -379,6 +379,22 @@ async fn redis_outage_gives_a_503_page_and_recovers_by_itself() {
             .contains("unavailable"),
         "{ready}"
     );
+    let lenient = reqwest::get(format!("http://{}/readyz?without=session_store", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(
+        lenient.status(),
+        200,
+        "readiness without the shared store, for load balancers"
+    );
+    let lenient: serde_json::Value = lenient.json().await.unwrap();
+    assert!(
+        lenient["checks"]["session_store"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "still reported: {lenient}"
+    );
     proxy.wait_for_log(|v| v["message"] == "session store unavailable");
 
     // Back: the same session works again without signing in.

@@ -41,7 +41,13 @@ impl Admin {
         }
         let response = match (req.method().as_str(), req.uri().path()) {
             ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
-            ("GET" | "HEAD", "/readyz") => self.readiness().await,
+            ("GET" | "HEAD", "/readyz") => {
+                // `?without=session_store`: the shared Redis is down for every replica alike, so a load balancer
+                // that drops unready replicas may prefer to keep them (git with credentials still works).
+                let skip_store = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .any(|(k, v)| k == "without" && v == "session_store");
+                self.readiness(skip_store).await
+            }
             ("GET" | "HEAD", "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -58,7 +64,7 @@ impl Admin {
 
     /// Ready when the configuration is loaded, Bitbucket accepts a connection, and (with SSO on) every
     /// provider's discovery and keys are loaded.
-    async fn readiness(&self) -> Response<Full<Bytes>> {
+    async fn readiness(&self, skip_store: bool) -> Response<Full<Bytes>> {
         let url = &self.config.upstream.url;
         let host = url
             .host_str()
@@ -96,7 +102,7 @@ impl Admin {
             Ok(()) => "\"ok\"".to_owned(),
             Err(e) => crate::web::json_string(&e.to_string()),
         };
-        let ready = upstream.is_ok() && waiting.is_empty() && store.is_ok();
+        let ready = upstream.is_ok() && waiting.is_empty() && (store.is_ok() || skip_store);
         let body = format!(
             "{{\"ready\":{ready},\"checks\":{{\"config\":\"ok\",\"upstream\":{upstream_check},\"providers\":{providers},\"session_store\":{store_check}}}}}\n"
         );
