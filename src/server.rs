@@ -158,6 +158,9 @@ fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
         || a.bitbucket.as_ref().map(|x| x.admin_password.expose().to_owned())
             != b.bitbucket.as_ref().map(|x| x.admin_password.expose().to_owned())
         || secret(&a.sso.backdoor.key) != secret(&b.sso.backdoor.key)
+        || secret(&a.session.redis_url) != secret(&b.session.redis_url)
+        || secret(&a.session.redis_password) != secret(&b.session.redis_password)
+        || secret(&a.admin.api_token) != secret(&b.admin.api_token)
     {
         out.push("secrets");
     }

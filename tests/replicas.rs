@@ -397,6 +397,15 @@ async fn redis_outage_gives_a_503_page_and_recovers_by_itself() {
     );
     proxy.wait_for_log(|v| v["message"] == "session store unavailable");
 
+    // Signing in while Redis is down: the provider confirms the user, the proxy says it cannot store the session.
+    let (bob, _) = jar_browser();
+    let page = walk(&bob, bob.get(proxy.url("/dashboard"))).await;
+    let landed = sign_in(&bob, &page, "bob", "bob-password").await;
+    assert_eq!(landed.status, 503, "{}", landed.body);
+    assert!(landed.body.contains("session store is unavailable"), "{}", landed.body);
+    let failure = proxy.wait_for_log(|v| v["event"] == "login_failure");
+    assert_eq!(failure["reason"], "session_store_unavailable");
+
     // Back: the same session works again without signing in.
     redis.start();
     let mut back = Err(0);
@@ -478,7 +487,9 @@ async fn cookie_sessions_across_replicas_and_a_key_rotation_over_rolling_restart
         .unwrap();
     assert_eq!(ready["checks"]["session_store"], "ok", "cookie mode needs no Redis");
 
-    // The session API says what it needs in cookie mode.
+    // The session API and the `sessions` command say what they need in cookie mode.
+    let (ok, _, err) = sessions_command(&a, &["list"]);
+    assert!(!ok && err.contains("session.store = \"redis\""), "{err}");
     let (status, problem) = admin_api(&a, reqwest::Method::GET, "/admin/sessions", Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, 409);
     assert!(
