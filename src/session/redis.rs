@@ -384,9 +384,6 @@ impl RedisStore {
                 .arg(&s.id)
                 .ignore();
         }
-        if let Target::User(u) = target {
-            pipe.cmd("DEL").arg(self.user_key(u)).ignore();
-        }
         self.run::<()>("revoke sessions", &pipe).await?;
         Ok(sessions)
     }
