@@ -57,10 +57,7 @@ async fn the_sign_in_rate_limit_answers_429_and_recovers() {
 async fn every_proxy_page_carries_the_security_headers_and_metrics_count_sign_ins() {
     let provider = MintingProvider::start(CLIENT_ID).await;
     let port = free_port();
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let text = sso_config(
         port,
         closed,

@@ -50,10 +50,7 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
 
 #[tokio::test]
 async fn upstream_refusing_connections_gives_502_as_a_page_or_json() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = closed_addr();
     let proxy = ProxyProcess::start(&config(closed, "", "", ""));
 
     let (status, headers, body) = get(

@@ -109,7 +109,7 @@ async fn all_green_and_each_failure_with_its_remedy() {
     let (code, out) = run(&with_redis);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("✓ Redis session store answers (PING)"), "{out}");
-    let closed = format!("redis://127.0.0.1:{}", free_port());
+    let closed = format!("redis://{}", common::closed_addr());
     let mut cases = cases.to_vec();
     cases.push((
         with_redis.replace(&redis.url, &closed),

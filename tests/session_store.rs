@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bbsso::config::{self, SessionKey, SessionStore};
 use bbsso::session::Session;
-use bbsso::session::redis::LockTiming;
+use bbsso::session::keyring::Keyring;
+use bbsso::session::redis::{LockTiming, RedisStore};
 use bbsso::session::revalidate::Outcome;
 use bbsso::session::store::{Store, StoreError, Target, Updated};
 use common::redis_server::Redis;
@@ -43,6 +44,12 @@ fn settings(keys: &[SessionKey], redis: Option<&Redis>) -> config::Session {
         redis_pool_size: 2,
         redis_timeout: Duration::from_secs(1),
     }
+}
+
+/// A Redis store by itself (for the refresh lock's timing).
+fn redis_store(redis: &Redis) -> RedisStore {
+    let cfg = settings(&[key(1)], Some(redis));
+    RedisStore::new(&cfg, Keyring::new(&cfg.keys), COOKIE).unwrap()
 }
 
 fn session(id: &str, user: &str, now: i64) -> Session {
@@ -236,14 +243,11 @@ async fn one_refresh_across_replicas_with_a_lease_renewed_during_a_slow_exchange
         wait: Duration::from_secs(10),
         poll: Duration::from_millis(20),
     };
-    let replica = || match Store::new(&settings(&[key(1)], Some(&redis)), COOKIE) {
-        Store::Redis(r) => (*r).with_lock_timing(timing),
-        _ => unreachable!(),
-    };
+    let replica = || redis_store(&redis).with_lock_timing(timing);
     let (a, b) = (Arc::new(replica()), Arc::new(replica()));
     let now = bbsso::session::now();
     let s = session("sid-dave-0000001", "dave", now - 1000);
-    let value = Store::Redis(Box::new(replica())).create(&s, now).await.unwrap();
+    let value = Store::Redis(Arc::new(replica())).create(&s, now).await.unwrap();
 
     let redemptions = Arc::new(AtomicUsize::new(0));
     let seen_tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -275,7 +279,7 @@ async fn one_refresh_across_replicas_with_a_lease_renewed_during_a_slow_exchange
     }
     assert_eq!(redemptions.load(Ordering::SeqCst), 1, "one redemption");
     assert_eq!(*seen_tokens.lock().unwrap(), [s.refresh_token.clone().unwrap()]);
-    let stored = Store::Redis(Box::new(replica()))
+    let stored = Store::Redis(Arc::new(replica()))
         .load(&value, now)
         .await
         .unwrap()
@@ -310,10 +314,7 @@ async fn a_lock_left_by_a_dead_replica_expires() {
         wait: Duration::from_secs(5),
         poll: Duration::from_millis(20),
     };
-    let Store::Redis(store) = Store::new(&settings(&[key(1)], Some(&redis)), COOKIE) else {
-        unreachable!()
-    };
-    let store = (*store).with_lock_timing(timing);
+    let store = redis_store(&redis).with_lock_timing(timing);
     let now = bbsso::session::now();
     let s = session("sid-erin-0000001", "erin", now - 1000);
     Store::new(&settings(&[key(1)], Some(&redis)), COOKIE)
@@ -493,4 +494,34 @@ async fn redis_down_is_an_error_quickly_and_the_store_recovers_by_itself() {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// A replica that loaded a session before another replica refreshed it cannot put the old refresh token back
+/// when it records activity.
+#[tokio::test]
+async fn an_activity_update_never_overwrites_a_newer_refresh() {
+    let redis = Redis::shared();
+    let a = Store::new(&settings(&[key(1)], Some(&redis)), COOKIE);
+    let b = Store::new(&settings(&[key(1)], Some(&redis)), COOKIE);
+    let now = bbsso::session::now();
+    let s = session("sid-ivan-0000001", "Ivan", now - 100);
+    let value = a.create(&s, now).await.unwrap();
+    let stale = b.load(&value, now).await.unwrap().unwrap();
+    let mut refreshed = s.clone();
+    refreshed.revalidated_at = now;
+    refreshed.refresh_token = Some("rotated".into());
+    assert_eq!(a.update(&refreshed, now).await.unwrap(), Updated::Stored);
+    let mut touched = stale.clone();
+    touched.last_active = now;
+    assert_eq!(b.update(&touched, now).await.unwrap(), Updated::Stored);
+    let kept = a.load(&value, now).await.unwrap().unwrap();
+    assert_eq!(
+        kept.refresh_token.as_deref(),
+        Some("rotated"),
+        "the newer refresh token stays"
+    );
+    // The user index ignores case, as Bitbucket usernames do.
+    assert_eq!(a.list(Some("ivan")).await.unwrap().len(), 1);
+    assert_eq!(a.revoke(&Target::User("IVAN".into())).await.unwrap().len(), 1);
+    assert_eq!(b.load(&value, now).await.unwrap(), None);
 }

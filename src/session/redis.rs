@@ -67,7 +67,9 @@ pub struct LockTiming {
 impl Default for LockTiming {
     fn default() -> Self {
         LockTiming {
-            lease: Duration::from_secs(10),
+            // Longer than the provider's whole HTTP timeout (15 s), so that the lease outlives a slow exchange even
+            // if renewals fail; renewed every third of it while the provider answers.
+            lease: Duration::from_secs(20),
             wait: Duration::from_secs(30),
             poll: Duration::from_millis(100),
         }
@@ -198,8 +200,9 @@ impl RedisStore {
         format!("{}session:{id}", self.prefix)
     }
 
+    /// The user index; Bitbucket usernames are case-insensitive, so is the index.
     fn user_key(&self, user: &str) -> String {
-        format!("{}user:{user}", self.prefix)
+        format!("{}user:{}", self.prefix, user.to_lowercase())
     }
 
     fn lock_key(&self, id: &str) -> String {
@@ -221,14 +224,19 @@ impl RedisStore {
         valid_id(id).then(|| id.to_owned())
     }
 
+    /// The stored value: `{revalidated_at}:{sealed session}`. The revalidation time is in clear so that a
+    /// Redis script can refuse to overwrite a newer copy.
     fn seal(&self, s: &Session) -> Result<String, StoreError> {
         let json = serde_json::to_vec(s).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.ring
+        let sealed = self
+            .ring
             .seal(&self.session_key(&s.id), &json)
-            .ok_or_else(|| StoreError::Unavailable("no session key configured".into()))
+            .ok_or_else(|| StoreError::Unavailable("no session key configured".into()))?;
+        Ok(format!("{}:{sealed}", s.revalidated_at.max(0)))
     }
 
-    fn open(&self, id: &str, sealed: &str) -> Option<Session> {
+    fn open(&self, id: &str, value: &str) -> Option<Session> {
+        let (_, sealed) = value.split_once(':')?;
         let plain = self.ring.open(&self.session_key(id), sealed).ok()?;
         serde_json::from_slice::<Session>(&plain).ok().filter(|s| s.id == id)
     }
@@ -282,18 +290,23 @@ impl RedisStore {
     /// Saves a changed session only if it still exists: a revoked session is never brought back.
     pub(super) async fn update(&self, s: &Session, now: i64) -> Result<Updated, StoreError> {
         let value = self.seal(s)?;
-        let set: Option<String> = self
+        let outcome: i64 = self
             .run(
                 "update session",
-                redis::cmd("SET")
+                redis::cmd("EVAL")
+                    .arg(UPDATE_UNLESS_NEWER)
+                    .arg(1)
                     .arg(self.session_key(&s.id))
                     .arg(value)
-                    .arg("EX")
-                    .arg(self.ttl(s, now))
-                    .arg("XX"),
+                    .arg(s.revalidated_at.max(0))
+                    .arg(self.ttl(s, now)),
             )
             .await?;
-        Ok(if set.is_some() { Updated::Stored } else { Updated::Gone })
+        Ok(match outcome {
+            0 => Updated::Gone,
+            // 2: another replica revalidated meanwhile; its copy (with the current refresh token) stays.
+            _ => Updated::Stored,
+        })
     }
 
     pub(super) async fn remove(&self, s: &Session) -> Result<(), StoreError> {
@@ -409,19 +422,11 @@ impl RedisStore {
         let token = crate::oidc::flow::random_token(16);
         let lock_key = self.lock_key(&s.id);
         let deadline = Instant::now() + self.lock.wait;
-        let mut redeem = Some(redeem);
         loop {
-            let current = match self.load_id(&s.id).await {
+            match self.newer_result(s).await {
+                Ok(Some(done)) => return done,
+                Ok(None) => {}
                 Err(e) => return Outcome::Unavailable { reason: e.to_string() },
-                Ok(None) => return Outcome::Removed,
-                Ok(Some(c)) => c,
-            };
-            if current.revalidated_at > s.revalidated_at {
-                // Another replica (or request) has just done it.
-                return Outcome::Confirmed {
-                    at: current.revalidated_at,
-                    refresh_token: current.refresh_token,
-                };
             }
             let acquired: Option<String> = match self
                 .run(
@@ -438,9 +443,22 @@ impl RedisStore {
                 Ok(a) => a,
                 Err(e) => return Outcome::Unavailable { reason: e.to_string() },
             };
-            if acquired.is_some()
-                && let Some(redeem) = redeem.take()
-            {
+            if acquired.is_some() {
+                // Read again under the lock: another replica may have finished between the read above and the lock.
+                let current = match self.load_id(&s.id).await {
+                    Ok(Some(c)) if c.revalidated_at <= s.revalidated_at => c,
+                    other => {
+                        self.release(&lock_key, &token).await;
+                        return match other {
+                            Ok(Some(c)) => Outcome::Confirmed {
+                                at: c.revalidated_at,
+                                refresh_token: c.refresh_token,
+                            },
+                            Ok(None) => Outcome::Removed,
+                            Err(e) => Outcome::Unavailable { reason: e.to_string() },
+                        };
+                    }
+                };
                 return self.redeem_locked(current, &lock_key, &token, redeem).await;
             }
             if Instant::now() >= deadline {
@@ -452,12 +470,24 @@ impl RedisStore {
         }
     }
 
+    /// What the store says when it already holds a newer revalidation than `s` (or no longer holds `s`).
+    async fn newer_result(&self, s: &Session) -> Result<Option<Outcome>, StoreError> {
+        Ok(match self.load_id(&s.id).await? {
+            None => Some(Outcome::Removed),
+            Some(c) if c.revalidated_at > s.revalidated_at => Some(Outcome::Confirmed {
+                at: c.revalidated_at,
+                refresh_token: c.refresh_token,
+            }),
+            Some(_) => None,
+        })
+    }
+
     async fn redeem_locked<F, Fut>(&self, current: Session, lock_key: &str, token: &str, redeem: F) -> Outcome
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Outcome>,
     {
-        let renewer = {
+        let _renewer = AbortOnDrop({
             let (_, mut conn) = self.conn();
             let mut renew = redis::cmd("EVAL");
             renew
@@ -470,23 +500,27 @@ impl RedisStore {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    let renewed: RedisResult<i64> = renew.query_async(&mut conn).await;
-                    if !matches!(renewed, Ok(1)) {
-                        tracing::warn!("refresh lock lease could not be renewed");
-                        return;
+                    match renew.query_async::<i64>(&mut conn).await {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            tracing::warn!("refresh lock lost before the provider answered");
+                            return;
+                        }
+                        // A Redis blip: try again at the next tick (the lease outlasts a few of them).
+                        Err(e) => tracing::warn!(error = %e, "refresh lock lease could not be renewed"),
                     }
                 }
             })
-        };
+        });
         let Some(refresh_token) = current.refresh_token.clone() else {
-            renewer.abort();
             self.release(lock_key, token).await;
             return Outcome::Refused {
                 reason: "no refresh token".into(),
             };
         };
         let outcome = redeem(refresh_token).await;
-        renewer.abort();
+        // Share the result only while still holding the lock: a replica that lost it must not overwrite (or
+        // end) a session another replica has refreshed meanwhile.
         let stored = match &outcome {
             Outcome::Confirmed { at, refresh_token } => {
                 let mut next = current.clone();
@@ -495,14 +529,46 @@ impl RedisStore {
                 if let Some(rt) = refresh_token {
                     next.refresh_token = Some(rt.clone());
                 }
-                self.update(&next, super::now()).await.map(|_| ())
+                match self.seal(&next) {
+                    Ok(value) => {
+                        self.run::<i64>(
+                            "store refreshed session",
+                            redis::cmd("EVAL")
+                                .arg(STORE_IF_OWNER)
+                                .arg(2)
+                                .arg(lock_key)
+                                .arg(self.session_key(&next.id))
+                                .arg(token)
+                                .arg(value)
+                                .arg(self.ttl(&next, super::now())),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
-            Outcome::Refused { .. } => self.remove(&current).await,
-            Outcome::Unavailable { .. } | Outcome::Removed => Ok(()),
+            Outcome::Refused { .. } => {
+                self.run::<i64>(
+                    "end refused session",
+                    redis::cmd("EVAL")
+                        .arg(END_IF_OWNER)
+                        .arg(3)
+                        .arg(lock_key)
+                        .arg(self.session_key(&current.id))
+                        .arg(self.user_key(&current.username))
+                        .arg(token)
+                        .arg(&current.id),
+                )
+                .await
+            }
+            Outcome::Unavailable { .. } | Outcome::Removed => Ok(1),
         };
         self.release(lock_key, token).await;
         match stored {
-            Ok(()) => outcome,
+            Ok(1) => outcome,
+            Ok(_) => Outcome::Unavailable {
+                reason: "the refresh lock expired before the result was stored".into(),
+            },
             // The provider answered but the result could not be shared: treat as not yet revalidated.
             Err(e) => Outcome::Unavailable { reason: e.to_string() },
         }
@@ -518,10 +584,31 @@ impl RedisStore {
     }
 }
 
+/// Stops a spawned task when dropped (the lease renewer ends with its request, however that ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 const RENEW_IF_OWNER: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 const DELETE_IF_OWNER: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// KEYS: lock, session. ARGV: owner token, value, TTL. 1 stored, 0 lock lost, -1 session gone.
+const STORE_IF_OWNER: &str = "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end \
+     if redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3], 'XX') then return 1 else return -1 end";
+/// KEYS: lock, session, user index. ARGV: owner token, session id. 1 ended, 0 lock lost.
+const END_IF_OWNER: &str = "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end \
+     redis.call('del', KEYS[2]) redis.call('srem', KEYS[3], ARGV[2]) return 1";
+/// KEYS: session. ARGV: value, its revalidation time, TTL. 1 stored, 0 gone, 2 skipped: the stored session was
+/// revalidated later than the caller's copy (which would put back a rotated-away refresh token).
+const UPDATE_UNLESS_NEWER: &str = "local cur = redis.call('get', KEYS[1]) if not cur then return 0 end \
+     local rv = tonumber(string.match(cur, '^(%d+):')) \
+     if rv and rv > tonumber(ARGV[2]) then return 2 end \
+     redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[3]) return 1";
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -2,6 +2,8 @@
 //! keys reads it and nothing is shared. `redis`: the cookie carries only a sealed, opaque handle and the session
 //! (sealed too) lives in Redis, so that it can be listed and revoked.
 
+use std::sync::Arc;
+
 use super::Session;
 use super::cookies::MAX_COOKIE_BYTES;
 use super::keyring::Keyring;
@@ -45,7 +47,7 @@ pub enum Target {
 /// The session store of one configuration.
 pub enum Store {
     Cookie(CookieStore),
-    Redis(Box<RedisStore>),
+    Redis(Arc<RedisStore>),
     /// A Redis store that could not be set up (configuration checks prevent this): every use reports why.
     Failed(String),
 }
@@ -60,7 +62,7 @@ impl Store {
                 cookie_name: cookie_name.to_owned(),
             }),
             config::SessionStore::Redis => match RedisStore::new(cfg, ring, cookie_name) {
-                Ok(r) => Store::Redis(Box::new(r)),
+                Ok(r) => Store::Redis(Arc::new(r)),
                 Err(e) => {
                     tracing::error!(error = %e, "the Redis session store could not be set up");
                     Store::Failed(e.to_string())
@@ -139,7 +141,7 @@ impl Store {
     }
 
     /// The Redis store, for the cross-replica refresh lock.
-    pub fn redis(&self) -> Option<&RedisStore> {
+    pub fn redis(&self) -> Option<&Arc<RedisStore>> {
         match self {
             Store::Redis(r) => Some(r),
             Store::Cookie(_) | Store::Failed(_) => None,

@@ -979,28 +979,24 @@ impl Sso {
                 reason: "provider no longer configured".into(),
             };
         };
-        let redeem = |rt: String| async move {
-            let Some(endpoints) = provider.endpoints() else {
-                return Outcome::Unavailable {
-                    reason: "provider not loaded".into(),
-                };
-            };
-            match client::refresh(&provider.http, &provider.config, &endpoints.token, &rt).await {
-                Ok(tokens) => Outcome::Confirmed {
-                    at: session::now(),
-                    refresh_token: tokens.refresh_token.filter(|new| *new != rt),
-                },
-                Err(RefreshError::Refused(reason)) => Outcome::Refused { reason },
-                Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
-            }
-        };
-        // One redemption per session at a time: in this process (single flight) and, with Redis, across replicas.
+        // One redemption per session at a time: in this process (single flight) and, with Redis, across
+        // replicas. The cross-replica part runs as its own task: a browser that goes away mid-exchange must not
+        // leave the lock held or a rotated refresh token unsaved.
         let outcome = self
             .revalidator
             .run(&s.id, s.revalidated_at, now, || async move {
                 match self.store.redis() {
-                    Some(shared) => shared.refresh_exclusive(s, redeem).await,
-                    None => redeem(rt).await,
+                    Some(shared) => {
+                        let (shared, session, provider) = (Arc::clone(shared), s.clone(), Arc::clone(provider));
+                        tokio::spawn(
+                            async move { shared.refresh_exclusive(&session, move |rt| redeem(provider, rt)).await },
+                        )
+                        .await
+                        .unwrap_or_else(|e| Outcome::Unavailable {
+                            reason: format!("refresh task failed: {e}"),
+                        })
+                    }
+                    None => redeem(Arc::clone(provider), rt).await,
                 }
             })
             .await;
@@ -1123,6 +1119,23 @@ impl Sso {
 struct BackdoorPass {
     ip: String,
     expires_at: i64,
+}
+
+/// Redeems a refresh token at the provider: what it says about the user.
+async fn redeem(provider: Arc<ProviderRuntime>, rt: String) -> Outcome {
+    let Some(endpoints) = provider.endpoints() else {
+        return Outcome::Unavailable {
+            reason: "provider not loaded".into(),
+        };
+    };
+    match client::refresh(&provider.http, &provider.config, &endpoints.token, &rt).await {
+        Ok(tokens) => Outcome::Confirmed {
+            at: session::now(),
+            refresh_token: tokens.refresh_token.filter(|new| *new != rt),
+        },
+        Err(RefreshError::Refused(reason)) => Outcome::Refused { reason },
+        Err(RefreshError::Unavailable(reason)) => Outcome::Unavailable { reason },
+    }
 }
 
 /// What a provider's `error` means for the user.

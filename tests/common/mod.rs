@@ -341,3 +341,21 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A free port below Linux's ephemeral range (32768-60999), where no other test's `bind(0)` lands: for servers
+/// that a test stops and starts again (while one is down, connection attempts to an ephemeral-range port can
+/// connect to themselves and hold it), and for addresses that must stay closed.
+pub fn port_outside_ephemeral_range() -> u16 {
+    for _ in 0..200 {
+        let port = 20_000 + (redis_server::rand_u64() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    idp::free_port()
+}
+
+/// An address where nothing listens (and no other test will start listening).
+pub fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port_outside_ephemeral_range()))
+}

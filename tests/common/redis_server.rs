@@ -10,8 +10,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::idp::free_port;
-
 pub struct Redis {
     /// `redis://127.0.0.1:PORT` (with the password when there is one).
     pub url: String,
@@ -41,7 +39,7 @@ impl Redis {
 
     /// A server of this test's own, with extra `redis-server` arguments (`--requirepass`, TLS settings).
     pub fn private(args: &[&str]) -> Self {
-        let port = port_outside_ephemeral_range();
+        let port = super::port_outside_ephemeral_range();
         let mut redis = Redis {
             url: format!("redis://127.0.0.1:{port}"),
             prefix: unique_prefix(),
@@ -143,24 +141,11 @@ fn pong(port: u16) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
-/// A free port below Linux's ephemeral range (32768-60999). While a test's Redis is stopped, the proxy keeps
-/// trying to connect to its port; with a port inside the range one of those attempts can connect to itself
-/// (TCP simultaneous open), hold the port, and keep Redis from starting again.
-fn port_outside_ephemeral_range() -> u16 {
-    for _ in 0..200 {
-        let port = 20_000 + (rand_u64() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    free_port()
-}
-
 fn unique_prefix() -> String {
     format!("bbsso-test-{:016x}:", rand_u64())
 }
 
-fn rand_u64() -> u64 {
+pub(super) fn rand_u64() -> u64 {
     let mut buf = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
