@@ -525,3 +525,48 @@ async fn an_activity_update_never_overwrites_a_newer_refresh() {
     assert_eq!(a.revoke(&Target::User("IVAN".into())).await.unwrap().len(), 1);
     assert_eq!(b.load(&value, now).await.unwrap(), None);
 }
+
+/// A replica whose lock was taken over (its lease ran out while it was stuck) keeps its result to itself.
+#[tokio::test]
+async fn a_replica_that_lost_the_lock_stores_nothing() {
+    let redis = Redis::shared();
+    let store = redis_store(&redis).with_lock_timing(LockTiming {
+        lease: Duration::from_secs(5),
+        wait: Duration::from_secs(5),
+        poll: Duration::from_millis(20),
+    });
+    let now = bbsso::session::now();
+    let s = session("sid-judy-0000001", "judy", now - 1000);
+    let value = Store::Redis(Arc::new(redis_store(&redis)))
+        .create(&s, now)
+        .await
+        .unwrap();
+    let lock_key = format!("{}refresh:sid-judy-0000001", redis.prefix);
+    let mut raw = redis.client().await;
+    let outcome = {
+        let (lock_key, mut raw) = (lock_key.clone(), raw.clone());
+        store
+            .refresh_exclusive(&s, move |_| async move {
+                let _: () = redis::cmd("SET")
+                    .arg(&lock_key)
+                    .arg("another-replica")
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+                Outcome::Confirmed {
+                    at: bbsso::session::now(),
+                    refresh_token: Some("from-a-lost-lock".into()),
+                }
+            })
+            .await
+    };
+    assert!(matches!(outcome, Outcome::Unavailable { .. }), "{outcome:?}");
+    let stored = Store::Redis(Arc::new(redis_store(&redis)))
+        .load(&value, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.refresh_token, s.refresh_token, "nothing stored without the lock");
+    let holder: String = redis::cmd("GET").arg(&lock_key).query_async(&mut raw).await.unwrap();
+    assert_eq!(holder, "another-replica", "the other replica's lock is left alone");
+}
