@@ -97,6 +97,20 @@ async fn sign_in_across(client: &reqwest::Client, start: &ProxyProcess, finish: 
     assert_eq!(seen["path"], "/dashboard");
 }
 
+/// A browser page request with this cookie, redirects not followed.
+async fn page_request(url: String, cookie: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .header("cookie", cookie)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A REST call that reached Bitbucket without identity (Bitbucket then answers 401 itself).
 const ANONYMOUS: u16 = 200;
 
@@ -266,16 +280,7 @@ async fn two_replicas_share_redis_sessions_revocation_and_one_refresh() {
     let (ok, out, err) = sessions_command(&a, &["revoke", "--user", "alice"]);
     assert!(ok, "{err}");
     assert!(out.contains("revoked 1 session(s)"), "{out}");
-    let refused = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(b.url("/dashboard"))
-        .header("cookie", &alice)
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let refused = page_request(b.url("/dashboard"), &alice).await;
     assert_eq!(refused.status(), 302);
     assert!(
         refused.headers()["location"]
@@ -344,16 +349,7 @@ async fn redis_outage_gives_a_503_page_and_recovers_by_itself() {
 
     redis.stop();
     // A page: 503 with a page that says what happened and reloads itself; no login loop, the cookie is kept.
-    let page = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(proxy.url("/projects/ABC"))
-        .header("cookie", &cookie)
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let page = page_request(proxy.url("/projects/ABC"), &cookie).await;
     assert_eq!(page.status(), 503);
     assert_eq!(page.headers()["retry-after"], "10");
     assert!(page.headers().get("set-cookie").is_none(), "the session cookie is kept");

@@ -309,8 +309,8 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn remove(&self, s: &Session) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
+    /// Adds to `pipe` what removes a session: its key and its place in the user's index.
+    fn forget(&self, pipe: &mut Pipeline, s: &Session) {
         pipe.cmd("DEL")
             .arg(self.session_key(&s.id))
             .ignore()
@@ -318,6 +318,11 @@ impl RedisStore {
             .arg(self.user_key(&s.username))
             .arg(&s.id)
             .ignore();
+    }
+
+    pub(super) async fn remove(&self, s: &Session) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        self.forget(&mut pipe, s);
         self.run::<()>("remove session", &pipe).await
     }
 
@@ -389,13 +394,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for s in &sessions {
-            pipe.cmd("DEL")
-                .arg(self.session_key(&s.id))
-                .ignore()
-                .cmd("SREM")
-                .arg(self.user_key(&s.username))
-                .arg(&s.id)
-                .ignore();
+            self.forget(&mut pipe, s);
         }
         self.run::<()>("revoke sessions", &pipe).await?;
         Ok(sessions)
